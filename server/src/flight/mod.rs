@@ -1,0 +1,1 @@
+//! Arrow Flight service (under construction).

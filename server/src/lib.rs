@@ -1,0 +1,12 @@
+//! pixelfeed server library.
+//!
+//! - [`engine`] — decode → orient → resize/crop → dtype/layout/normalise,
+//!   from a record batch of encoded images to a record batch of tensors.
+//!   Knows nothing of Flight. Entry point: [`engine::process_batch`].
+//! - [`flight`] — the Arrow Flight service ([`flight::PixelfeedService`])
+//!   that streams batches through the engine. Knows nothing of pixel math.
+//!
+//! The `pixelfeed` binary (`src/main.rs`) is a thin CLI shell over these.
+
+pub mod engine;
+pub mod flight;
