@@ -562,7 +562,7 @@ fn parse_normalize(v: &Value, channels: usize) -> Result<Normalize, SpecError> {
     };
     let mean = list("mean")?;
     let std = list("std")?;
-    if std.iter().any(|s| *s == 0.0) {
+    if std.contains(&0.0) {
         return Err(SpecError::new("normalize.std", "must not contain 0"));
     }
     Ok(Normalize { mean, std })

@@ -5,8 +5,11 @@
 //!   Knows nothing of Flight. Entry point: [`engine::process_batch`].
 //! - [`flight`] — the Arrow Flight service ([`flight::PixelfeedService`])
 //!   that streams batches through the engine. Knows nothing of pixel math.
+//! - [`pool`] — [`pool::HostBufferPool`], the bounded, recycling (CUDA-pinned
+//!   when possible) host memory the engine writes output tensors into.
 //!
 //! The `pixelfeed` binary (`src/main.rs`) is a thin CLI shell over these.
 
 pub mod engine;
 pub mod flight;
+pub mod pool;

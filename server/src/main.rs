@@ -1,1 +1,359 @@
-fn main() {}
+//! `pixelfeed`: the command-line shell over the pixelfeed server library.
+//!
+//! `pixelfeed serve` runs the Arrow Flight service until SIGINT or SIGTERM.
+//! Once listening it prints `pixelfeed listening on ADDR` on stdout (the
+//! actual address, so `--listen 127.0.0.1:0` reports the port it got);
+//! logs go to stderr, filtered by `RUST_LOG` (default `info`).
+
+use std::io::{IsTerminal as _, Write as _};
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use pixelfeed_server::engine::EngineConfig;
+use pixelfeed_server::flight::{
+    bind, serve_with_shutdown, ServerConfig, ServiceConfig, DEFAULT_LISTEN,
+    DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TARGET_MESSAGE_BYTES,
+};
+use pixelfeed_server::pool::{default_cap_bytes, HostBufferPool, PinnedMode, PoolConfig};
+use tokio::sync::mpsc;
+use tracing_subscriber::EnvFilter;
+
+/// How long in-flight calls may take to finish after SIGINT / SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// How long blocking work (an engine call in progress) may delay exit
+/// after the server has stopped.
+const EXIT_GRACE: Duration = Duration::from_secs(5);
+
+/// Turns record batches of encoded images into Arrow tensor batches over
+/// Arrow Flight.
+#[derive(Debug, Parser)]
+#[command(name = "pixelfeed", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the Arrow Flight server until SIGINT or SIGTERM.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on. Port 0 picks a free port; the address actually
+    /// bound is printed as `pixelfeed listening on ADDR`.
+    #[arg(long, default_value_t = DEFAULT_LISTEN)]
+    listen: SocketAddr,
+
+    /// Largest gRPC message accepted from or sent to a client, in bytes.
+    /// pyarrow sends each record batch as one message, so this bounds the
+    /// size of one input batch.
+    #[arg(long, default_value_t = DEFAULT_MAX_MESSAGE_BYTES, value_parser = positive_usize)]
+    max_message_bytes: usize,
+
+    /// Approximate size of one output message, in bytes. Larger output
+    /// batches are sent as several consecutive slices of whole rows.
+    #[arg(long, default_value_t = DEFAULT_TARGET_MESSAGE_BYTES, value_parser = positive_usize)]
+    target_message_bytes: usize,
+
+    /// Largest accepted image area (width × height, read from the header
+    /// before decoding); larger images become error rows.
+    #[arg(long, default_value_t = EngineConfig::default().max_pixels)]
+    max_pixels: u64,
+
+    /// Largest accepted ratio of an image's longer side to its shorter side;
+    /// more elongated images become error rows.
+    #[arg(long, default_value_t = EngineConfig::default().max_aspect_ratio, value_parser = aspect_ratio)]
+    max_aspect_ratio: f64,
+
+    /// Largest accepted encoded size of one image, in bytes; larger images
+    /// become error rows.
+    #[arg(long, default_value_t = EngineConfig::default().max_encoded_bytes)]
+    max_image_bytes: usize,
+
+    /// Worker threads for image processing (the rayon global pool).
+    /// Default: one per CPU core.
+    #[arg(long)]
+    threads: Option<NonZeroUsize>,
+
+    /// Cap on the output tensor memory pool, in bytes. Producers wait for a
+    /// block to come back instead of allocating past it (backpressure).
+    /// Default: 1 GiB, or a quarter of RAM if that is smaller.
+    #[arg(long, value_parser = positive_usize)]
+    pinned_pool_bytes: Option<usize>,
+
+    /// Page-lock (pin) the output pool through the CUDA driver: `auto` pins
+    /// when libcuda and a device are present, `off` never touches CUDA.
+    #[arg(long, value_enum, default_value_t = PinnedArg::Auto)]
+    pinned: PinnedArg,
+
+    /// CUDA device whose context owns the pinned pool.
+    #[arg(long, default_value_t = 0)]
+    cuda_device: usize,
+}
+
+/// `--pinned` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PinnedArg {
+    Auto,
+    Off,
+}
+
+fn positive_usize(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn aspect_ratio(s: &str) -> Result<f64, String> {
+    let r: f64 = s
+        .parse()
+        .map_err(|e: std::num::ParseFloatError| e.to_string())?;
+    if r.is_finite() && r >= 1.0 {
+        Ok(r)
+    } else {
+        Err("must be a finite number of at least 1".into())
+    }
+}
+
+impl ServeArgs {
+    fn server_config(&self) -> ServerConfig {
+        let engine = EngineConfig {
+            max_pixels: self.max_pixels,
+            max_aspect_ratio: self.max_aspect_ratio,
+            max_encoded_bytes: self.max_image_bytes,
+        };
+        ServerConfig::default()
+            .with_listen(self.listen)
+            .with_max_message_bytes(self.max_message_bytes)
+            .with_service(
+                ServiceConfig::default()
+                    .with_engine(engine)
+                    .with_target_message_bytes(self.target_message_bytes),
+            )
+    }
+
+    fn pool_config(&self) -> PoolConfig {
+        PoolConfig {
+            cap_bytes: self.pinned_pool_bytes.unwrap_or_else(default_cap_bytes),
+            pinned: match self.pinned {
+                PinnedArg::Auto => PinnedMode::Auto,
+                PinnedArg::Off => PinnedMode::Off,
+            },
+            cuda_device: self.cuda_device,
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    match cli.command {
+        Command::Serve(args) => serve(&args),
+    }
+}
+
+fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    // The engine parallelises over the global pool; 0 lets rayon pick
+    // (one thread per core, or RAYON_NUM_THREADS).
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(args.threads.map_or(0, NonZeroUsize::get))
+        .thread_name(|i| format!("pixelfeed-engine-{i}"))
+        .build_global()
+        .context("could not start the image worker pool")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")?;
+    let pool = HostBufferPool::new(args.pool_config());
+    let mut config = args.server_config();
+    config.service = config.service.with_allocator(std::sync::Arc::new(pool));
+    let result = runtime.block_on(run(config));
+    // An engine call still running on a blocking thread must not hold the
+    // process up indefinitely.
+    runtime.shutdown_timeout(EXIT_GRACE);
+    result
+}
+
+async fn run(config: ServerConfig) -> anyhow::Result<()> {
+    // Install the signal handlers before announcing readiness, so a signal
+    // sent right after the announcement cannot kill the process uncleanly.
+    let mut signals = listen_for_signals()?;
+    let listener = bind(config.listen).await?;
+    let addr = listener
+        .local_addr()
+        .context("could not read the bound address")?;
+    tracing::info!(
+        %addr,
+        threads = rayon::current_num_threads(),
+        max_message_bytes = config.max_message_bytes,
+        target_message_bytes = config.service.target_message_bytes,
+        "serving"
+    );
+    // Scripts wait for this exact line on stdout.
+    println!("pixelfeed listening on {addr}");
+    std::io::stdout()
+        .flush()
+        .context("could not write to stdout")?;
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = serve_with_shutdown(config, listener, async {
+        let _ = stop_rx.await;
+    });
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => return result.context("the server failed"),
+        name = signals.recv() => {
+            tracing::info!(signal = name.unwrap_or("?"), "shutting down; send it again to stop at once");
+            let _ = stop_tx.send(());
+        }
+    }
+    // Graceful: in-flight exchanges finish, unless a second signal or the
+    // grace period cuts them off (an unresponsive client would otherwise
+    // hold the process up forever: HTTP/2 shutdown waits for its ack).
+    tokio::select! {
+        result = &mut server => result.context("the server failed")?,
+        name = signals.recv() => {
+            tracing::warn!(signal = name.unwrap_or("?"), "stopping without waiting for in-flight calls");
+        }
+        () = tokio::time::sleep(SHUTDOWN_GRACE) => {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "in-flight calls did not finish in time; stopping");
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// A channel that yields the name of each SIGINT / SIGTERM received.
+fn listen_for_signals() -> anyhow::Result<mpsc::UnboundedReceiver<&'static str>> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        for (kind, name) in [
+            (SignalKind::interrupt(), "SIGINT"),
+            (SignalKind::terminate(), "SIGTERM"),
+        ] {
+            let mut stream =
+                signal(kind).with_context(|| format!("could not install a {name} handler"))?;
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while stream.recv().await.is_some() {
+                    if tx.send(name).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::spawn(async move {
+            while tokio::signal::ctrl_c().await.is_ok() {
+                if tx.send("Ctrl-C").is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    fn serve_args(args: &[&str]) -> ServeArgs {
+        let cli = Cli::try_parse_from([&["pixelfeed", "serve"], args].concat()).unwrap();
+        let Command::Serve(serve) = cli.command;
+        serve
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_match_the_library() {
+        let config = serve_args(&[]).server_config();
+        assert_eq!(config.listen, DEFAULT_LISTEN);
+        assert_eq!(config.max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES);
+        assert_eq!(
+            config.service.target_message_bytes,
+            DEFAULT_TARGET_MESSAGE_BYTES
+        );
+        assert_eq!(config.service.engine, EngineConfig::default());
+        assert_eq!(serve_args(&[]).pool_config(), PoolConfig::default());
+    }
+
+    #[test]
+    fn every_flag_reaches_the_config() {
+        let args = serve_args(&[
+            "--listen=127.0.0.1:0",
+            "--max-message-bytes=1000",
+            "--target-message-bytes=100",
+            "--max-pixels=5000",
+            "--max-aspect-ratio=3.5",
+            "--max-image-bytes=700",
+            "--threads=3",
+            "--pinned-pool-bytes=12345678",
+            "--pinned=off",
+            "--cuda-device=1",
+        ]);
+        assert_eq!(args.threads.map(NonZeroUsize::get), Some(3));
+        assert_eq!(
+            args.pool_config(),
+            PoolConfig {
+                cap_bytes: 12345678,
+                pinned: PinnedMode::Off,
+                cuda_device: 1
+            }
+        );
+        let config = args.server_config();
+        assert_eq!(config.listen.port(), 0);
+        assert_eq!(config.max_message_bytes, 1000);
+        assert_eq!(config.service.target_message_bytes, 100);
+        assert_eq!(
+            config.service.engine,
+            EngineConfig {
+                max_pixels: 5000,
+                max_aspect_ratio: 3.5,
+                max_encoded_bytes: 700,
+            }
+        );
+    }
+
+    #[test]
+    fn nonsense_limits_are_refused() {
+        for bad in [
+            "--max-message-bytes=0",
+            "--target-message-bytes=0",
+            "--max-aspect-ratio=0.5",
+            "--max-aspect-ratio=inf",
+            "--threads=0",
+            "--pinned-pool-bytes=0",
+            "--pinned=always",
+        ] {
+            assert!(
+                Cli::try_parse_from(["pixelfeed", "serve", bad]).is_err(),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -10,8 +10,51 @@
 //! - dimensions are checked against [`EngineConfig`] limits from the header,
 //!   before any pixel buffer is allocated;
 //! - a panic inside a decoder is caught and becomes that row's error.
+//!
+//! Pipeline per row (reference: Pillow 13 + torchvision on PIL images,
+//! `Image.open → ImageOps.exif_transpose → convert('RGB'|'L') → resize →
+//! center_crop → ToTensor → Normalize`):
+//!
+//! 1. [`sniff`]: the format comes from magic bytes only. JPEG and PNG are
+//!    decoded; GIF, WebP, TIFF, BMP, JPEG 2000, ICO, PNM and a few more are
+//!    named in an `unsupported format: ...` error.
+//! 2. [`jpeg`] / [`png`]: our own bounds-checked header walk finds the size
+//!    and orientation metadata, the limits are checked, and a cleaned stream
+//!    (pixel-defining segments/chunks only) goes to zune-jpeg / zune-png in
+//!    strict mode. See those modules for exactly what is tolerated.
+//! 3. [`exif`] + [`orient`]: EXIF Orientation (IFD0 only), else XMP
+//!    `tiff:Orientation`, applied as `exif_transpose` does when
+//!    `spec.exif_orientation`. `height`/`width` report the oriented size.
+//! 4. [`color`]: RGB to gray with Pillow's `convert('L')` weights, before
+//!    resizing; gray sources are broadcast to RGB at the end.
+//! 5. [`geometry`] + [`resize`]: torchvision's size arithmetic, Pillow's
+//!    antialiased filters (fast_image_resize), resize first, then the crop
+//!    window is read out of the resized image.
+//! 6. [`tensor`]: one pass into the row's slot of the batch's single output
+//!    block (dtype, normalisation LUT, layout).
+//!
+//! PNG pixel policy: 16-bit samples keep the high byte, alpha is dropped
+//! without compositing (Pillow's `convert('RGB')` does the same), palette
+//! images with tRNS become their palette colours.
+//!
+//! Rows run in parallel on the rayon pool ([`batch`]); each worker thread
+//! keeps its decode/resize buffers and `Resizer` between rows, so steady
+//! state allocates nothing per row in the engine itself (zune's decoders
+//! keep some internal allocations of their own).
 
+mod batch;
+mod color;
+mod error;
+mod exif;
+mod geometry;
+mod jpeg;
+mod orient;
 mod output;
+mod pipeline;
+mod png;
+mod resize;
+mod sniff;
+mod tensor;
 
 pub use output::{BlockAllocator, HeapAllocator, TensorBlock};
 
@@ -58,13 +101,23 @@ pub enum EngineError {
 ///
 /// The output has the schema `pixelfeed_schema::output_schema(batch.schema(), spec)`
 /// and exactly `batch.num_rows()` rows in input order. Tensor bytes for the
-/// whole batch are written into one block from `alloc`.
+/// whole batch are written into one block from `alloc` (one slot of
+/// `spec.row_bytes()` per row, zeroed for failed rows) that becomes the
+/// tensor column's values buffer without a copy.
+///
+/// Rows are processed in parallel on the global rayon pool, so call this
+/// from a blocking thread, not an async task.
+///
+/// # Errors
+/// [`EngineError::Contract`] when the input has no usable `image` column or
+/// a passthrough column collides with an output column;
+/// [`EngineError::Allocation`] when `alloc` fails. Per-image problems are
+/// never errors here: they are reported in the row's `error` column.
 pub fn process_batch(
     batch: &RecordBatch,
     spec: &TransformSpec,
     config: &EngineConfig,
     alloc: &dyn BlockAllocator,
 ) -> Result<RecordBatch, EngineError> {
-    let _ = (batch, spec, config, alloc);
-    Err(EngineError::Allocation("engine under construction".into()))
+    batch::process_batch(batch, spec, config, alloc)
 }

@@ -65,6 +65,11 @@ pub trait BlockAllocator: Send + Sync {
     /// A block of exactly `len` bytes. Contents are unspecified (the engine
     /// overwrites every byte, zeroing failed rows itself).
     fn allocate(&self, len: usize) -> Result<TensorBlock, String>;
+
+    /// Counters describing the allocator, served by `DoAction("stats")`.
+    fn stats(&self) -> serde_json::Value {
+        serde_json::json!({"mode": "heap"})
+    }
 }
 
 /// Plain 64-byte-aligned heap memory, one allocation per batch.

@@ -1,0 +1,42 @@
+"""pixelfeed: turn encoded images (JPEG/PNG bytes) into tensors on a pixelfeed server.
+
+Quick use::
+
+    import pixelfeed
+
+    client = pixelfeed.connect("grpc://127.0.0.1:8815")
+    for batch in client.preprocess([open(p, "rb").read() for p in paths]):
+        x = pixelfeed.tensors(batch)    # (N, 3, 224, 224) float32, zero-copy
+        ok = pixelfeed.valid(batch)     # (N,) bool
+        why = pixelfeed.errors(batch)   # [None | "message", ...]
+
+- :func:`connect` / :class:`Client` — the Flight connection; :meth:`Client.preprocess`
+  streams images through ``DoExchange``, :meth:`Client.presets` lists presets.
+- :func:`tensors`, :func:`valid`, :func:`errors`, :func:`batch_spec` — read the
+  output batches without copying.
+- :mod:`pixelfeed.interop` (``dlpack_values`` for JAX/CuPy) and
+  :mod:`pixelfeed.torch` (``to_torch``, ``TorchLoader``; needs PyTorch, not
+  imported here).
+"""
+
+from . import interop
+from .arrays import batch_spec, errors, heights, tensor_shape, tensors, valid, widths
+from .client import DEFAULT_PRESET, Client, connect, encode_spec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Client",
+    "connect",
+    "encode_spec",
+    "DEFAULT_PRESET",
+    "tensors",
+    "errors",
+    "valid",
+    "heights",
+    "widths",
+    "tensor_shape",
+    "batch_spec",
+    "interop",
+    "__version__",
+]

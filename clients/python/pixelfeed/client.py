@@ -1,0 +1,436 @@
+"""The pixelfeed Flight client: stream encoded images in, tensors out.
+
+The wire contract (version 1) is plain Arrow Flight, so nothing here is
+needed to talk to the server; this module only saves the boilerplate:
+
+- ``DoExchange`` with ``FlightDescriptor.for_command(<spec JSON>)``;
+- the client streams record batches with a binary ``image`` column (plus any
+  passthrough columns); the server streams back output batches holding the
+  same rows in the same order (an input batch may come back split in several);
+- ``DoAction("presets")`` returns the built-in presets as JSON.
+
+Writing and reading run at the same time (a writer thread feeds the request
+stream while the caller's thread reads the responses), so an input of any size
+streams through with bounded memory and no deadlock on gRPC flow control.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+__all__ = ["Client", "connect", "SpecLike", "ImagesLike", "encode_spec", "DEFAULT_PRESET"]
+
+#: The preset used when no spec is given.
+DEFAULT_PRESET = "imagenet"
+
+#: Name of the input column holding encoded image bytes.
+IMAGE_COLUMN = "image"
+
+SpecLike = Union[None, str, bytes, Mapping[str, Any]]
+ImagesLike = Union[
+    "pa.Table",
+    "pa.RecordBatch",
+    "pa.RecordBatchReader",
+    Iterable[Optional[bytes]],
+    Iterable["pa.RecordBatch"],
+]
+
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+_BINARY_LIMIT = (1 << 31) - 1  # total bytes one `binary` array can address
+
+
+def encode_spec(spec: SpecLike = None) -> bytes:
+    """Turn a spec argument into the JSON bytes sent as the descriptor command.
+
+    - ``None`` → ``{"preset": "imagenet"}``;
+    - a ``str``: a preset name (``"imagenet"``), or a JSON object in text form;
+    - a mapping: serialised as JSON (``None`` values become ``null``, which
+      is how a preset field is removed, e.g. ``{"normalize": None}``);
+    - ``bytes``: sent unchanged.
+
+    Validation is the server's job: a bad spec makes :meth:`Client.preprocess`
+    raise ``pyarrow.ArrowInvalid`` / ``FlightServerError`` naming the field.
+    """
+    if spec is None:
+        return json.dumps({"preset": DEFAULT_PRESET}).encode()
+    if isinstance(spec, bytes):
+        return spec
+    if isinstance(spec, str):
+        text = spec.strip()
+        if text.startswith("{"):
+            json.loads(text)  # fail early on malformed JSON text
+            return text.encode()
+        return json.dumps({"preset": spec}).encode()
+    if isinstance(spec, Mapping):
+        return json.dumps(dict(spec)).encode()
+    raise TypeError(f"spec must be None, a preset name, a dict or JSON bytes, got {type(spec).__name__}")
+
+
+def _normalize_location(location: Union[str, flight.Location]) -> Union[str, flight.Location]:
+    """Accept ``host:port`` as shorthand for ``grpc://host:port``."""
+    if isinstance(location, str) and "://" not in location:
+        return "grpc://" + location
+    return location
+
+
+def _as_bytes(i: int, img: Any) -> Optional[bytes]:
+    """Check one list item: encoded image bytes or ``None``."""
+    if img is None or isinstance(img, bytes):
+        return img
+    if isinstance(img, (bytearray, memoryview)):
+        return bytes(img)
+    raise TypeError(
+        f"image {i} is a {type(img).__name__}; pass encoded image bytes "
+        "(e.g. open(path, 'rb').read()) or None"
+    )
+
+
+def _bytes_batches(items: Iterator[Any], batch_size: int) -> Iterator[pa.RecordBatch]:
+    """Chunk an iterable of image bytes into single-column ``binary`` ``image`` batches.
+
+    A chunk closes at ``batch_size`` rows, or earlier when the next image would
+    push it past the 2 GiB a ``binary`` array can address.
+    """
+    chunk: List[Optional[bytes]] = []
+    total = 0
+    for i, item in enumerate(items):
+        b = _as_bytes(i, item)
+        size = len(b) if b is not None else 0
+        if chunk and (len(chunk) >= batch_size or total + size > _BINARY_LIMIT):
+            yield pa.RecordBatch.from_arrays([pa.array(chunk, type=pa.binary())], names=[IMAGE_COLUMN])
+            chunk, total = [], 0
+        chunk.append(b)
+        total += size
+    if chunk:
+        yield pa.RecordBatch.from_arrays([pa.array(chunk, type=pa.binary())], names=[IMAGE_COLUMN])
+
+
+def _resliced(batches: Iterable[pa.RecordBatch], batch_size: int) -> Iterator[pa.RecordBatch]:
+    """Yield the batches, slicing any longer than ``batch_size`` rows (zero-copy)."""
+    for b in batches:
+        if not isinstance(b, pa.RecordBatch):
+            raise TypeError(f"expected pyarrow.RecordBatch items, got {type(b).__name__}")
+        if b.num_rows <= batch_size:
+            yield b
+            continue
+        for start in range(0, b.num_rows, batch_size):
+            yield b.slice(start, batch_size)
+
+
+def _check_input_schema(schema: pa.Schema) -> None:
+    """Fail early, client-side, on inputs the server would reject anyway."""
+    if IMAGE_COLUMN not in schema.names:
+        raise ValueError(f"input has no column named 'image' (columns: {', '.join(schema.names)})")
+    typ = schema.field(IMAGE_COLUMN).type
+    ok = pa.types.is_binary(typ) or pa.types.is_large_binary(typ)
+    ok = ok or (hasattr(pa.types, "is_binary_view") and pa.types.is_binary_view(typ))
+    if not ok:
+        raise TypeError(f"column 'image' must be binary, large_binary or binary_view, got {typ}")
+
+
+def _input_stream(images: ImagesLike, batch_size: int) -> Tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """Normalise any accepted ``images`` argument to (schema, batch iterator).
+
+    Only the first element of a lazy iterable is consumed here (to learn the
+    schema); the rest is pulled by the writer thread as the stream proceeds.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(images, pa.Table):
+        return images.schema, iter(images.to_batches(max_chunksize=batch_size))
+    if isinstance(images, pa.RecordBatch):
+        return images.schema, _resliced([images], batch_size)
+    if isinstance(images, pa.RecordBatchReader):
+        return images.schema, _resliced(images, batch_size)
+    if isinstance(images, _BYTES_LIKE):
+        images = [images]
+    it = iter(images)
+    try:
+        first = next(it)
+    except StopIteration:
+        schema = pa.schema([pa.field(IMAGE_COLUMN, pa.binary())])
+        return schema, iter(())
+    if isinstance(first, pa.RecordBatch):
+
+        def chained() -> Iterator[pa.RecordBatch]:
+            """The peeked first batch, then the rest."""
+            yield first
+            yield from it
+
+        return first.schema, _resliced(chained(), batch_size)
+    if first is None or isinstance(first, _BYTES_LIKE):
+
+        def items() -> Iterator[Any]:
+            """The peeked first item, then the rest."""
+            yield first
+            yield from it
+
+        return pa.schema([pa.field(IMAGE_COLUMN, pa.binary())]), _bytes_batches(items(), batch_size)
+    raise TypeError(
+        "images must be a list of bytes, a pyarrow Table/RecordBatch with an 'image' "
+        f"column, or an iterable of RecordBatches; got items of type {type(first).__name__}"
+    )
+
+
+def _same_schema(a: pa.Schema, b: pa.Schema) -> bool:
+    """Schemas equal field for field (metadata ignored)."""
+    return a.equals(b, check_metadata=False)
+
+
+class Client:
+    """A connection to one pixelfeed server.
+
+    Create it with :func:`connect`. The client is thread-safe in the sense
+    that several threads may each run their own :meth:`preprocess` call; a
+    single call's iterator must be consumed by one thread.
+    """
+
+    def __init__(
+        self,
+        location: Union[str, flight.Location],
+        *,
+        timeout: Optional[float] = None,
+        **flight_kwargs: Any,
+    ) -> None:
+        """Open a Flight client to ``location`` (``grpc://host:port`` or ``host:port``).
+
+        ``timeout`` (seconds) is the default deadline of every call, ``None``
+        for none. Other keyword arguments go to ``pyarrow.flight.FlightClient``
+        (``tls_root_certs``, ``generic_options``, ...).
+        """
+        self.location = _normalize_location(location)
+        self.timeout = timeout
+        self._flight = flight.FlightClient(self.location, **flight_kwargs)
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the underlying Flight client."""
+        self._flight.close()
+
+    def __enter__(self) -> "Client":
+        """Use the client as a context manager; it closes on exit."""
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        """Close the client."""
+        self.close()
+
+    def __repr__(self) -> str:
+        """Show where the client points."""
+        return f"pixelfeed.Client({self.location!r})"
+
+    @property
+    def flight_client(self) -> flight.FlightClient:
+        """The underlying ``pyarrow.flight.FlightClient``, for raw calls."""
+        return self._flight
+
+    def _options(self, timeout: Optional[float]) -> flight.FlightCallOptions:
+        """Call options with the given deadline, else the client's default."""
+        t = self.timeout if timeout is None else timeout
+        return flight.FlightCallOptions(timeout=t) if t is not None else flight.FlightCallOptions()
+
+    # -- calls ---------------------------------------------------------------------
+
+    def presets(self, *, timeout: Optional[float] = None) -> Dict[str, Any]:
+        """Return the server's built-in presets (``DoAction("presets")``) as a dict.
+
+        The server answers with JSON; a JSON object is returned as is (preset
+        name → resolved spec), a JSON list of names becomes ``{name: None}``.
+        """
+        results = list(self._flight.do_action(flight.Action("presets", b""), self._options(timeout)))
+        body = b"".join(r.body.to_pybytes() for r in results)
+        value = json.loads(body) if body else {}
+        if isinstance(value, list):
+            return {str(name): None for name in value}
+        if not isinstance(value, dict):
+            raise ValueError(f"unexpected presets answer: {value!r}")
+        return value
+
+    def preprocess(
+        self,
+        images: ImagesLike,
+        spec: SpecLike = None,
+        batch_size: int = 64,
+        *,
+        timeout: Optional[float] = None,
+    ) -> Iterator[pa.RecordBatch]:
+        """Stream ``images`` through the server; yield the output record batches.
+
+        Parameters
+        ----------
+        images:
+            A list (or any iterable) of encoded image ``bytes`` (``None`` for a
+            missing image), a ``pyarrow.Table`` / ``RecordBatch`` /
+            ``RecordBatchReader`` with an ``image`` column (binary,
+            large_binary or binary_view; other columns pass through), or an
+            iterable of ``RecordBatch``es sharing one schema. Lazy iterables are
+            consumed as the stream goes, not up front.
+        spec:
+            ``None`` (the ``imagenet`` preset), a preset name, a dict such as
+            ``{"preset": "imagenet", "dtype": "uint8", "layout": "hwc",
+            "normalize": None}``, or JSON bytes. See :func:`encode_spec`.
+        batch_size:
+            Largest number of rows per batch sent to the server. Input batches
+            larger than this are sliced (zero-copy).
+        timeout:
+            Deadline in seconds for the whole call (default: the client's).
+
+        Yields
+        ------
+        pyarrow.RecordBatch
+            Output batches: passthrough columns, ``tensor``, ``error``,
+            ``height``, ``width``; rows in input order. Row counts of input and
+            output batches need not match one to one, but add up to the same
+            total (checked at the end of the stream). Use
+            :func:`pixelfeed.tensors`, :func:`pixelfeed.valid` and
+            :func:`pixelfeed.errors` to read them.
+
+        Raises
+        ------
+        pyarrow.ArrowInvalid / pyarrow.flight.FlightServerError
+            The server rejected the spec or the input schema (the message names
+            the field).
+        TypeError / ValueError
+            The input is not one of the accepted forms.
+
+        The request is sent lazily: nothing happens until the first output
+        batch is requested. Breaking out of the loop cancels the call.
+        """
+        command = encode_spec(spec)
+        schema, batches = _input_stream(images, batch_size)
+        _check_input_schema(schema)
+        return self._exchange(command, schema, batches, self._options(timeout))
+
+    def preprocess_table(
+        self,
+        images: ImagesLike,
+        spec: SpecLike = None,
+        batch_size: int = 64,
+        *,
+        timeout: Optional[float] = None,
+    ) -> pa.Table:
+        """Like :meth:`preprocess`, but collect every output batch into one ``pyarrow.Table``."""
+        batches = list(self.preprocess(images, spec, batch_size, timeout=timeout))
+        if not batches:
+            raise ValueError("no output: the input had no rows")
+        return pa.Table.from_batches(batches)
+
+    # -- the streaming core ----------------------------------------------------------
+
+    def _exchange(
+        self,
+        command: bytes,
+        schema: pa.Schema,
+        batches: Iterator[pa.RecordBatch],
+        options: flight.FlightCallOptions,
+    ) -> Iterator[pa.RecordBatch]:
+        """Run one ``DoExchange``: a writer thread sends, this generator reads.
+
+        Failure handling:
+        - an error raised while *producing* input (the caller's iterator, a
+          schema mismatch) cancels the call and is re-raised here;
+        - an error *writing* to the stream (usually: the server ended the call)
+          is not reported by itself: the reader then sees the server's status,
+          which carries the real reason;
+        - the generator being closed early (``break``) cancels the call.
+        """
+        descriptor = flight.FlightDescriptor.for_command(command)
+        writer, reader = self._flight.do_exchange(descriptor, options)
+        input_error: List[BaseException] = []
+        write_error: List[BaseException] = []
+        rows_sent = [0]
+
+        def pump() -> None:
+            """Writer thread: send the schema and every batch, then half-close."""
+            try:
+                writer.begin(schema)
+            except BaseException as e:  # noqa: BLE001 - reported via the reader
+                write_error.append(e)
+                return
+            it = iter(batches)
+            while True:
+                try:
+                    batch = next(it)
+                    if not _same_schema(batch.schema, schema):
+                        raise ValueError(
+                            "all input batches must share one schema; got\n"
+                            f"{batch.schema}\nafter\n{schema}"
+                        )
+                except StopIteration:
+                    break
+                except BaseException as e:  # noqa: BLE001 - re-raised by the reader side
+                    input_error.append(e)
+                    try:
+                        reader.cancel()
+                    except Exception:  # noqa: BLE001
+                        pass
+                    return
+                if batch.num_rows == 0:
+                    continue
+                try:
+                    writer.write_batch(batch)
+                except BaseException as e:  # noqa: BLE001
+                    write_error.append(e)
+                    return
+                rows_sent[0] += batch.num_rows
+            try:
+                writer.done_writing()
+            except BaseException as e:  # noqa: BLE001
+                write_error.append(e)
+
+        thread = threading.Thread(target=pump, name="pixelfeed-writer", daemon=True)
+        thread.start()
+        finished = False
+        rows_received = 0
+        try:
+            while True:
+                try:
+                    chunk = reader.read_chunk()
+                except StopIteration:
+                    break
+                except BaseException as e:
+                    thread.join(timeout=5)
+                    if input_error:
+                        raise input_error[0] from e
+                    raise
+                if chunk.data is not None:
+                    rows_received += chunk.data.num_rows
+                    yield chunk.data
+            thread.join()
+            if input_error:
+                raise input_error[0]
+            if write_error:
+                raise write_error[0]
+            if rows_received != rows_sent[0]:
+                raise RuntimeError(
+                    f"pixelfeed server returned {rows_received} rows for {rows_sent[0]} input rows"
+                )
+            finished = True
+        finally:
+            if not finished:
+                try:
+                    reader.cancel()
+                except Exception:  # noqa: BLE001
+                    pass
+                thread.join(timeout=10)
+            try:
+                writer.close()
+            except Exception:  # noqa: BLE001 - a cancelled call reports CANCELLED here
+                if finished:
+                    raise
+
+
+def connect(location: Union[str, flight.Location], **kwargs: Any) -> Client:
+    """Connect to a pixelfeed server, e.g. ``connect("grpc://127.0.0.1:8815")``.
+
+    Keyword arguments go to :class:`Client` (``timeout``) and on to
+    ``pyarrow.flight.FlightClient``. The connection is made lazily by gRPC;
+    the first call fails if nothing listens there.
+    """
+    return Client(location, **kwargs)

@@ -1,0 +1,319 @@
+//! The Flight connection and its calls.
+
+use std::collections::BTreeMap;
+use std::future::ready;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arrow_array::RecordBatch;
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::{Action, ActionType, FlightClient, FlightData, FlightDescriptor};
+use arrow_schema::SchemaRef;
+use bytes::Bytes;
+use futures::stream::{self, BoxStream, Stream, StreamExt, TryStreamExt};
+use pixelfeed_schema::TransformSpec;
+use serde_json::Value;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::input::{image_batches, image_schema};
+use crate::{ClientError, IntoSpecJson};
+
+/// Default largest message the client accepts (256 MiB, as the server).
+/// tonic's own default, 4 MiB, is smaller than one output message.
+pub const DEFAULT_MAX_DECODING_MESSAGE_SIZE: usize = 256 << 20;
+
+/// Default largest message the client sends (256 MiB, the server's default
+/// receive limit). Each input batch travels as one message.
+pub const DEFAULT_MAX_ENCODING_MESSAGE_SIZE: usize = 256 << 20;
+
+/// How a [`Client`] connects.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Largest message accepted from the server, in bytes.
+    pub max_decoding_message_size: usize,
+    /// Largest message sent to the server, in bytes.
+    pub max_encoding_message_size: usize,
+    /// How long to wait for the connection; `None` waits as long as the OS does.
+    pub connect_timeout: Option<Duration>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            max_decoding_message_size: DEFAULT_MAX_DECODING_MESSAGE_SIZE,
+            max_encoding_message_size: DEFAULT_MAX_ENCODING_MESSAGE_SIZE,
+            connect_timeout: Some(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// HTTP/2 flow-control windows: large enough that a multi-megabyte output
+/// message does not take many round trips.
+const STREAM_WINDOW_BYTES: u32 = 8 << 20;
+const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
+
+/// A connection to a pixelfeed server. Cheap to clone; clones share the
+/// connection, and calls on one client may run concurrently.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: FlightServiceClient<Channel>,
+}
+
+impl Client {
+    /// Connects to `url` (`grpc://host:port`, `grpc+tcp://host:port` or
+    /// `http://host:port`) with [`ClientOptions::default`].
+    pub async fn connect(url: &str) -> Result<Self, ClientError> {
+        Self::connect_with(url, ClientOptions::default()).await
+    }
+
+    /// Connects to `url` with explicit options.
+    pub async fn connect_with(url: &str, options: ClientOptions) -> Result<Self, ClientError> {
+        let http = http_url(url)?;
+        let mut endpoint = Endpoint::from_shared(http).map_err(|e| ClientError::InvalidUrl {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })?;
+        endpoint = endpoint
+            .tcp_nodelay(true)
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
+        if let Some(timeout) = options.connect_timeout {
+            endpoint = endpoint.connect_timeout(timeout);
+        }
+        let channel = endpoint.connect().await?;
+        Ok(Self::from_channel(channel, &options))
+    }
+
+    /// Wraps an existing channel (custom TLS, interceptors, ...).
+    pub fn from_channel(channel: Channel, options: &ClientOptions) -> Self {
+        Self {
+            inner: FlightServiceClient::new(channel)
+                .max_decoding_message_size(options.max_decoding_message_size)
+                .max_encoding_message_size(options.max_encoding_message_size),
+        }
+    }
+
+    /// An arrow-flight client on the same connection, for calls this crate
+    /// does not wrap.
+    pub fn flight_client(&self) -> FlightClient {
+        FlightClient::new_from_inner(self.inner.clone())
+    }
+
+    /// Streams `input` through the server's transform and returns the
+    /// output batches, in input order.
+    ///
+    /// The first input batch's schema is the exchange's schema (every batch
+    /// must share it); this call waits for that first batch before opening
+    /// the exchange. Each input batch travels as one message. The spec is
+    /// validated by the server: an invalid one fails this call with
+    /// [`ClientError::Server`] `InvalidArgument`.
+    pub async fn exchange<S>(
+        &self,
+        spec: impl IntoSpecJson,
+        input: S,
+    ) -> Result<ExchangeStream, ClientError>
+    where
+        S: Stream<Item = RecordBatch> + Send + 'static,
+    {
+        let mut input = input.boxed();
+        let first = input.next().await;
+        let schema = first.as_ref().map(RecordBatch::schema);
+        let batches = stream::iter(first).chain(input).boxed();
+        self.start_exchange(spec.into_spec_json(), schema, batches)
+            .await
+    }
+
+    /// Like [`Self::exchange`], with the input schema given up front, so
+    /// the exchange opens at once and the server answers with the output
+    /// schema even if `input` yields nothing.
+    pub async fn exchange_with_schema<S>(
+        &self,
+        spec: impl IntoSpecJson,
+        schema: SchemaRef,
+        input: S,
+    ) -> Result<ExchangeStream, ClientError>
+    where
+        S: Stream<Item = RecordBatch> + Send + 'static,
+    {
+        self.start_exchange(spec.into_spec_json(), Some(schema), input.boxed())
+            .await
+    }
+
+    async fn start_exchange(
+        &self,
+        spec: String,
+        schema: Option<SchemaRef>,
+        batches: BoxStream<'static, RecordBatch>,
+    ) -> Result<ExchangeStream, ClientError> {
+        let descriptor = FlightDescriptor::new_cmd(spec);
+        let request: BoxStream<'static, Result<FlightData, FlightError>> = match schema {
+            // The encoder's own splitting is off (`usize::MAX`): the server
+            // processes each message as one batch, so batches stay whole.
+            Some(schema) => FlightDataEncoderBuilder::new()
+                .with_schema(schema)
+                .with_flight_descriptor(Some(descriptor))
+                .with_max_flight_data_size(usize::MAX)
+                .build(batches.map(Ok))
+                .boxed(),
+            // No schema to send: open with the descriptor alone, as pyarrow
+            // does; the server then answers with an empty stream.
+            None => stream::once(ready(Ok(FlightData {
+                flight_descriptor: Some(descriptor),
+                ..FlightData::default()
+            })))
+            .boxed(),
+        };
+        let inner = self.flight_client().do_exchange(request).await?;
+        Ok(ExchangeStream { inner })
+    }
+
+    /// Preprocesses encoded images (`Vec<Vec<u8>>`, `&[Bytes]`, ...): sends
+    /// them in batches of `batch_size` and collects the output batches (one
+    /// or more per input batch; rows in the order of `images`).
+    pub async fn preprocess<I>(
+        &self,
+        images: I,
+        spec: impl IntoSpecJson,
+        batch_size: usize,
+    ) -> Result<Vec<RecordBatch>, ClientError>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<[u8]>,
+    {
+        let batches = image_batches(images, batch_size)?;
+        self.exchange_with_schema(spec, image_schema(), stream::iter(batches))
+            .await?
+            .try_collect()
+            .await
+    }
+
+    /// The server's built-in presets, each resolved to a full spec.
+    pub async fn presets(&self) -> Result<BTreeMap<String, TransformSpec>, ClientError> {
+        let value = self.action_json("presets", Bytes::new()).await?;
+        let Value::Object(map) = value else {
+            return Err(ClientError::Protocol(format!(
+                "presets: expected a JSON object, got {value}"
+            )));
+        };
+        map.into_iter()
+            .map(|(name, spec)| {
+                let spec = TransformSpec::from_value(&spec).map_err(|e| {
+                    ClientError::Protocol(format!("preset {name:?} is not a valid spec: {e}"))
+                })?;
+                Ok((name, spec))
+            })
+            .collect()
+    }
+
+    /// The server's health report, `{"status": "ok"}` when serving.
+    pub async fn health(&self) -> Result<Value, ClientError> {
+        self.action_json("health", Bytes::new()).await
+    }
+
+    /// The actions the server offers, with their descriptions.
+    pub async fn list_actions(&self) -> Result<Vec<ActionType>, ClientError> {
+        Ok(self
+            .flight_client()
+            .list_actions()
+            .await?
+            .try_collect()
+            .await?)
+    }
+
+    /// Runs action `name` and parses its single JSON answer.
+    pub async fn action_json(&self, name: &str, body: Bytes) -> Result<Value, ClientError> {
+        let answers: Vec<Bytes> = self
+            .flight_client()
+            .do_action(Action::new(name, body))
+            .await?
+            .try_collect()
+            .await?;
+        let [answer] = answers.as_slice() else {
+            return Err(ClientError::Protocol(format!(
+                "{name}: expected one result, got {}",
+                answers.len()
+            )));
+        };
+        serde_json::from_slice(answer)
+            .map_err(|e| ClientError::Protocol(format!("{name}: answer is not JSON: {e}")))
+    }
+}
+
+/// Maps the Flight URL schemes onto the `http://` URL tonic connects to.
+fn http_url(url: &str) -> Result<String, ClientError> {
+    let invalid = |reason: &str| ClientError::InvalidUrl {
+        url: url.to_string(),
+        reason: reason.to_string(),
+    };
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| invalid("expected grpc://host:port"))?;
+    match scheme {
+        "grpc" | "grpc+tcp" | "http" => Ok(format!("http://{rest}")),
+        "grpc+tls" | "https" => Err(invalid("TLS is not supported by this client build")),
+        _ => Err(invalid(
+            "unknown scheme (use grpc://, grpc+tcp:// or http://)",
+        )),
+    }
+}
+
+/// The output of [`Client::exchange`]: tensor batches in input order.
+///
+/// Ends with an error item if the server fails part-way (a later batch
+/// breaking the contract, say); batches before it are valid.
+pub struct ExchangeStream {
+    inner: FlightRecordBatchStream,
+}
+
+impl std::fmt::Debug for ExchangeStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExchangeStream")
+            .field("schema", &self.schema())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ExchangeStream {
+    /// The output schema, once the server has sent it (after the first
+    /// item, or at the end of an empty result).
+    pub fn schema(&self) -> Option<&SchemaRef> {
+        self.inner.schema()
+    }
+}
+
+impl Stream for ExchangeStream {
+    type Item = Result<RecordBatch, ClientError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner
+            .poll_next_unpin(cx)
+            .map(|item| item.map(|r| r.map_err(ClientError::from)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flight_schemes_map_to_http() {
+        assert_eq!(
+            http_url("grpc://127.0.0.1:8815").unwrap(),
+            "http://127.0.0.1:8815"
+        );
+        assert_eq!(http_url("grpc+tcp://h:1").unwrap(), "http://h:1");
+        assert_eq!(http_url("http://h:1").unwrap(), "http://h:1");
+        assert!(matches!(
+            http_url("grpc+tls://h:1"),
+            Err(ClientError::InvalidUrl { .. })
+        ));
+        assert!(matches!(
+            http_url("h:1"),
+            Err(ClientError::InvalidUrl { .. })
+        ));
+    }
+}

@@ -1,0 +1,452 @@
+//! The batch level: contract checks, one output block, rows in parallel,
+//! and the zero-copy assembly of the output record batch.
+
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::{
+    Array, ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, RecordBatchOptions,
+    StringArray, UInt32Array, UInt8Array,
+};
+use arrow_buffer::{NullBuffer, ScalarBuffer};
+use arrow_schema::{ArrowError, DataType};
+use pixelfeed_schema::{image_column_index, output_schema, tensor_field, DType, TransformSpec};
+use rayon::prelude::*;
+
+use super::pipeline::{process_row, Context, RowOutcome};
+use super::{BlockAllocator, EngineConfig, EngineError};
+
+/// The `image` column, whichever binary layout it uses.
+enum Images<'a> {
+    Binary(&'a arrow_array::BinaryArray),
+    LargeBinary(&'a arrow_array::LargeBinaryArray),
+    BinaryView(&'a arrow_array::BinaryViewArray),
+}
+
+impl<'a> Images<'a> {
+    fn new(column: &'a ArrayRef) -> Result<Self, EngineError> {
+        let wrong = || {
+            EngineError::Contract(pixelfeed_schema::ContractError::ImageColumnType(
+                column.data_type().to_string(),
+            ))
+        };
+        Ok(match column.data_type() {
+            DataType::Binary => Self::Binary(column.as_binary_opt().ok_or_else(wrong)?),
+            DataType::LargeBinary => Self::LargeBinary(column.as_binary_opt().ok_or_else(wrong)?),
+            DataType::BinaryView => {
+                Self::BinaryView(column.as_binary_view_opt().ok_or_else(wrong)?)
+            }
+            _ => return Err(wrong()),
+        })
+    }
+
+    /// The bytes of row `i`, `None` when the cell is null.
+    fn get(&self, i: usize) -> Option<&'a [u8]> {
+        match self {
+            Self::Binary(a) => a.is_valid(i).then(|| a.value(i)),
+            Self::LargeBinary(a) => a.is_valid(i).then(|| a.value(i)),
+            Self::BinaryView(a) => a.is_valid(i).then(|| a.value(i)),
+        }
+    }
+}
+
+/// See [`super::process_batch`].
+pub(crate) fn process_batch(
+    batch: &RecordBatch,
+    spec: &TransformSpec,
+    config: &EngineConfig,
+    alloc: &dyn BlockAllocator,
+) -> Result<RecordBatch, EngineError> {
+    let input_schema = batch.schema();
+    let schema = Arc::new(output_schema(&input_schema, spec)?);
+    let image_index = image_column_index(&input_schema)?;
+    let images = Images::new(batch.column(image_index))?;
+    let rows = batch.num_rows();
+    let row_bytes = spec.row_bytes();
+    let total = rows.checked_mul(row_bytes).ok_or_else(|| {
+        EngineError::Allocation(format!("{rows} rows of {row_bytes} bytes overflow usize"))
+    })?;
+
+    let mut block = alloc.allocate(total).map_err(EngineError::Allocation)?;
+    if block.len() != total {
+        return Err(EngineError::Allocation(format!(
+            "allocator returned {} bytes, {total} were asked for",
+            block.len()
+        )));
+    }
+
+    let ctx = Context::new(spec, config);
+    let mut outcomes = vec![RowOutcome::default(); rows];
+    if row_bytes > 0 {
+        block
+            .as_mut_slice()
+            .par_chunks_mut(row_bytes)
+            .zip(outcomes.par_iter_mut())
+            .enumerate()
+            .for_each(|(i, (slot, outcome))| {
+                *outcome = process_row(images.get(i), &ctx, slot);
+            });
+    }
+
+    let buffer = block.into_buffer();
+    if buffer.as_ptr().align_offset(std::mem::align_of::<f32>()) != 0 {
+        return Err(EngineError::Allocation(
+            "allocator returned a block that is not 4-byte aligned".into(),
+        ));
+    }
+    let elements = rows * spec.elements_per_row();
+    let values: ArrayRef = match spec.dtype {
+        DType::Float32 => Arc::new(Float32Array::new(
+            ScalarBuffer::new(buffer, 0, elements),
+            None,
+        )),
+        DType::UInt8 => Arc::new(UInt8Array::new(
+            ScalarBuffer::new(buffer, 0, elements),
+            None,
+        )),
+    };
+    let nulls = outcomes
+        .iter()
+        .any(|o| o.error.is_some())
+        .then(|| NullBuffer::from_iter(outcomes.iter().map(|o| o.error.is_none())));
+    let field = tensor_field(spec);
+    let DataType::FixedSizeList(item, size) = field.data_type() else {
+        return Err(ArrowError::SchemaError("tensor field is not a fixed-size list".into()).into());
+    };
+    let tensor = FixedSizeListArray::try_new_with_length(item.clone(), *size, values, nulls, rows)?;
+
+    let error: StringArray = outcomes.iter().map(|o| o.error.as_deref()).collect();
+    let height: UInt32Array = outcomes.iter().map(|o| o.dims.map(|d| d.0)).collect();
+    let width: UInt32Array = outcomes.iter().map(|o| o.dims.map(|d| d.1)).collect();
+
+    let mut columns: Vec<ArrayRef> = batch
+        .columns()
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != image_index)
+        .map(|(_, c)| c.clone())
+        .collect();
+    columns.push(Arc::new(tensor));
+    columns.push(Arc::new(error));
+    columns.push(Arc::new(height));
+    columns.push(Arc::new(width));
+    let options = RecordBatchOptions::new().with_row_count(Some(rows));
+    Ok(RecordBatch::try_new_with_options(
+        schema, columns, &options,
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{HeapAllocator, TensorBlock};
+    use arrow_array::{BinaryViewArray, Int64Array, LargeBinaryArray, StringViewArray};
+    use arrow_buffer::Buffer;
+    use arrow_schema::{Field, Schema};
+    use pixelfeed_schema::ContractError;
+    use serde_json::json;
+
+    fn image(name: &str) -> Vec<u8> {
+        let path = format!("{}/../tests/data/images/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    fn uint8_hwc() -> TransformSpec {
+        TransformSpec::from_value(&json!({
+            "preset": "imagenet", "dtype": "uint8", "layout": "hwc", "normalize": null
+        }))
+        .unwrap()
+    }
+
+    fn imagenet() -> TransformSpec {
+        TransformSpec::from_json(br#"{"preset":"imagenet"}"#).unwrap()
+    }
+
+    /// A batch `id: int64, image: binary, label: utf8view` (image in the
+    /// middle so passthrough order is exercised).
+    fn batch_of(images: &[Option<Vec<u8>>]) -> RecordBatch {
+        let ids = Int64Array::from_iter_values(0..images.len() as i64);
+        let bin = arrow_array::BinaryArray::from_iter(images.iter().map(|i| i.as_deref()));
+        let labels =
+            StringViewArray::from_iter_values((0..images.len()).map(|i| format!("row{i}")));
+        let schema = Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("image", DataType::Binary, true),
+            Field::new("label", DataType::Utf8View, false),
+        ]);
+        RecordBatch::try_new(
+            Arc::new(schema),
+            vec![Arc::new(ids), Arc::new(bin), Arc::new(labels)],
+        )
+        .unwrap()
+    }
+
+    fn run(batch: &RecordBatch, spec: &TransformSpec) -> RecordBatch {
+        process_batch(batch, spec, &EngineConfig::default(), &HeapAllocator).unwrap()
+    }
+
+    fn errors(out: &RecordBatch) -> Vec<Option<String>> {
+        out.column_by_name("error")
+            .unwrap()
+            .as_string::<i32>()
+            .iter()
+            .map(|e| e.map(str::to_owned))
+            .collect()
+    }
+
+    fn dims(out: &RecordBatch) -> Vec<Option<(u32, u32)>> {
+        let h = out
+            .column_by_name("height")
+            .unwrap()
+            .as_primitive::<arrow_array::types::UInt32Type>();
+        let w = out
+            .column_by_name("width")
+            .unwrap()
+            .as_primitive::<arrow_array::types::UInt32Type>();
+        h.iter().zip(w.iter()).map(|(h, w)| h.zip(w)).collect()
+    }
+
+    /// Row `i`'s tensor bytes (uint8 specs).
+    fn row_u8(out: &RecordBatch, i: usize) -> Vec<u8> {
+        let t = out.column_by_name("tensor").unwrap().as_fixed_size_list();
+        t.value(i)
+            .as_primitive::<arrow_array::types::UInt8Type>()
+            .values()
+            .to_vec()
+    }
+
+    /// The SOF0 of `jpeg` patched to claim `w`×`h`.
+    fn patch_sof(mut jpeg: Vec<u8>, w: u16, h: u16) -> Vec<u8> {
+        let at = jpeg
+            .windows(2)
+            .position(|m| m == [0xFF, 0xC0])
+            .expect("baseline JPEG");
+        jpeg[at + 5..at + 7].copy_from_slice(&h.to_be_bytes());
+        jpeg[at + 7..at + 9].copy_from_slice(&w.to_be_bytes());
+        jpeg
+    }
+
+    #[test]
+    fn rows_stay_in_order_with_passthrough_and_row_errors() {
+        let bomb = patch_sof(image("pillow_hopper.jpg"), 65500, 65500);
+        let batch = batch_of(&[
+            Some(image("pillow_hopper.jpg")),
+            None,
+            Some(b"definitely not an image".to_vec()),
+            Some(image("pillow_hopper.png")),
+            Some(bomb),
+            Some(Vec::new()),
+            Some(image("mpl_grace_hopper.jpg")),
+        ]);
+        let spec = imagenet();
+        let out = run(&batch, &spec);
+        let expected_schema = output_schema(&batch.schema(), &spec).unwrap();
+        assert_eq!(out.schema().as_ref(), &expected_schema);
+        assert_eq!(out.num_rows(), 7);
+        // Passthrough columns are the input arrays themselves.
+        assert_eq!(out.column(0).as_ref(), batch.column(0).as_ref());
+        assert_eq!(out.column(1).as_ref(), batch.column(2).as_ref());
+        let errs = errors(&out);
+        assert_eq!(errs[0], None);
+        assert_eq!(errs[1].as_deref(), Some("image is null"));
+        assert_eq!(
+            errs[2].as_deref(),
+            Some("unknown image format (first bytes: 64 65 66 69 6e 69 74 65 ...)")
+        );
+        assert_eq!(errs[3], None);
+        assert_eq!(
+            errs[4].as_deref(),
+            Some("image is 65500x65500 = 4290 Mpx, over the 100 Mpx limit")
+        );
+        assert_eq!(errs[5].as_deref(), Some("empty image"));
+        assert_eq!(errs[6], None);
+        assert_eq!(
+            dims(&out),
+            [
+                Some((128, 128)),
+                None,
+                None,
+                Some((128, 128)),
+                Some((65500, 65500)),
+                None,
+                Some((600, 512)),
+            ]
+        );
+        let tensor = out.column_by_name("tensor").unwrap();
+        let valid: Vec<bool> = (0..7).map(|i| tensor.is_valid(i)).collect();
+        assert_eq!(valid, [true, false, false, true, false, false, true]);
+        // Failed rows' slots are zeroed, good rows are not.
+        let values = tensor
+            .as_fixed_size_list()
+            .values()
+            .as_primitive::<arrow_array::types::Float32Type>();
+        let n = spec.elements_per_row();
+        assert!(values.values()[n..3 * n].iter().all(|&v| v == 0.0));
+        assert!(values.values()[..n].iter().any(|&v| v != 0.0));
+    }
+
+    #[test]
+    fn binary_layouts_give_identical_results() {
+        let imgs = [
+            image("pillow_hopper.jpg"),
+            image("coffee_palette16_trns.png"),
+        ];
+        let spec = uint8_hwc();
+        let schema = |t: DataType| Arc::new(Schema::new(vec![Field::new("image", t, true)]));
+        let plain = RecordBatch::try_new(
+            schema(DataType::Binary),
+            vec![Arc::new(arrow_array::BinaryArray::from_iter_values(&imgs))],
+        )
+        .unwrap();
+        let large = RecordBatch::try_new(
+            schema(DataType::LargeBinary),
+            vec![Arc::new(LargeBinaryArray::from_iter_values(&imgs))],
+        )
+        .unwrap();
+        let view = RecordBatch::try_new(
+            schema(DataType::BinaryView),
+            vec![Arc::new(BinaryViewArray::from_iter_values(&imgs))],
+        )
+        .unwrap();
+        let a = run(&plain, &spec);
+        for other in [run(&large, &spec), run(&view, &spec)] {
+            assert_eq!(errors(&other), [None, None]);
+            for i in 0..2 {
+                assert_eq!(row_u8(&a, i), row_u8(&other, i));
+            }
+        }
+    }
+
+    #[test]
+    fn empty_batch_is_a_valid_empty_batch() {
+        let batch = batch_of(&[]);
+        let spec = imagenet();
+        let out = run(&batch, &spec);
+        assert_eq!(out.num_rows(), 0);
+        assert_eq!(
+            out.schema().as_ref(),
+            &output_schema(&batch.schema(), &spec).unwrap()
+        );
+    }
+
+    #[test]
+    fn contract_violations_fail_the_batch() {
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+        let batch =
+            RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1]))]).unwrap();
+        let err = process_batch(
+            &batch,
+            &imagenet(),
+            &EngineConfig::default(),
+            &HeapAllocator,
+        )
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            EngineError::Contract(ContractError::MissingImageColumn(_))
+        ));
+    }
+
+    #[test]
+    fn allocator_failure_is_a_batch_error() {
+        struct Broke;
+        impl BlockAllocator for Broke {
+            fn allocate(&self, _: usize) -> Result<TensorBlock, String> {
+                Err("pool closed".into())
+            }
+        }
+        let batch = batch_of(&[Some(image("pillow_hopper.jpg"))]);
+        let err = process_batch(&batch, &imagenet(), &EngineConfig::default(), &Broke).unwrap_err();
+        assert!(matches!(err, EngineError::Allocation(m) if m == "pool closed"));
+    }
+
+    #[test]
+    fn output_values_are_the_allocated_block() {
+        let batch = batch_of(&vec![Some(image("pillow_hopper.jpg")); 3]);
+        let spec = uint8_hwc();
+        let out = run(&batch, &spec);
+        let values = out
+            .column_by_name("tensor")
+            .unwrap()
+            .as_fixed_size_list()
+            .values()
+            .to_data();
+        // One buffer holding exactly all rows: no copy into a new allocation.
+        assert_eq!(values.buffers().len(), 1);
+        assert_eq!(values.buffers()[0].len(), 3 * spec.row_bytes());
+        let _: &Buffer = &values.buffers()[0];
+    }
+
+    #[test]
+    fn all_eight_orientations_come_out_upright() {
+        let spec = uint8_hwc();
+        let names: Vec<String> = (2..=8)
+            .map(|o| format!("pillow_hopper_orientation_{o}.jpg"))
+            .collect();
+        let mut rows: Vec<Option<Vec<u8>>> = vec![Some(image("pillow_hopper.jpg"))];
+        rows.extend(names.iter().map(|n| Some(image(n))));
+        let out = run(&batch_of(&rows), &spec);
+        assert!(errors(&out).iter().all(Option::is_none));
+        let upright = row_u8(&out, 0);
+        for (i, name) in names.iter().enumerate() {
+            let t = row_u8(&out, i + 1);
+            let mean_diff = t
+                .iter()
+                .zip(&upright)
+                .map(|(a, b)| f64::from(a.abs_diff(*b)))
+                .sum::<f64>()
+                / t.len() as f64;
+            // Each file is a separate lossy encoding of the same picture;
+            // a wrong orientation gives a mean difference of 30+.
+            assert!(mean_diff < 6.0, "{name}: mean |diff| {mean_diff}");
+        }
+        // With orientation off, orientation 6 stays sideways.
+        let off = TransformSpec::from_value(&json!({
+            "preset": "imagenet", "dtype": "uint8", "layout": "hwc",
+            "normalize": null, "exif_orientation": false
+        }))
+        .unwrap();
+        let out = run(
+            &batch_of(&[Some(image("pillow_hopper_orientation_6.jpg"))]),
+            &off,
+        );
+        let t = row_u8(&out, 0);
+        let mean_diff = t
+            .iter()
+            .zip(&upright)
+            .map(|(a, b)| f64::from(a.abs_diff(*b)))
+            .sum::<f64>()
+            / t.len() as f64;
+        assert!(mean_diff > 20.0, "orientation ignored: {mean_diff}");
+    }
+
+    #[test]
+    fn colour_models_and_png_variants() {
+        let batch = batch_of(&[
+            Some(image("pillow_hopper_gray.jpg")),
+            Some(image("pillow_pil_sample_cmyk.jpg")),
+            Some(image("coffee_palette16_trns.png")),
+            Some(image("coffee_gray16.png")),
+            Some(image("pillow_pil123rgba.png")),
+            Some(image("pillow_hopper_wal.png")),
+            Some(image("china_progressive_420_q90.jpg")),
+        ]);
+        let out = run(&batch, &uint8_hwc());
+        assert_eq!(errors(&out), vec![None; 7]);
+        // Gray JPEG broadcast to RGB: all three channels equal.
+        let gray = row_u8(&out, 0);
+        assert!(gray.chunks_exact(3).all(|p| p[0] == p[1] && p[1] == p[2]));
+        // 16-bit gray keeps the high byte: a normal photo, not clipped white.
+        let g16 = row_u8(&out, 3);
+        let mean = g16.iter().map(|&v| f64::from(v)).sum::<f64>() / g16.len() as f64;
+        assert!((20.0..230.0).contains(&mean), "mean {mean}");
+        // Gray output of a colour image is one channel.
+        let gray_spec = TransformSpec::from_value(&json!({
+            "preset": "imagenet", "color": "gray", "dtype": "uint8", "normalize": null
+        }))
+        .unwrap();
+        let out = run(&batch, &gray_spec);
+        assert_eq!(errors(&out), vec![None; 7]);
+        assert_eq!(row_u8(&out, 1).len(), 224 * 224);
+    }
+}

@@ -1,0 +1,360 @@
+//! One row, start to finish: sniff → header + limits → decode → gray →
+//! orient → resize → tensor, with every intermediate in reused
+//! thread-local buffers and any panic contained.
+//!
+//! Order of checks, cheapest first, so hostile input costs as little as
+//! possible: null/empty/size, magic bytes, then the format's own header
+//! walk (no pixel memory), the pixel and aspect-ratio limits, the size the
+//! resize step would need, and only then the decoder.
+//!
+//! Colour handling: grayscale sources stay one channel through orient and
+//! resize and are broadcast to RGB when the tensor is written (identical to
+//! Pillow's `convert('RGB')` then resize, since every channel is resized
+//! with the same weights). RGB sources asked for `gray` are converted with
+//! Pillow's `convert('L')` arithmetic *before* resizing, as Pillow would.
+
+use std::cell::RefCell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use fast_image_resize::Resizer;
+use pixelfeed_schema::{Color, TransformSpec};
+
+use super::error::{format_mpx, format_number, RowError};
+use super::exif::{orientation_from_tiff, orientation_from_xmp};
+use super::geometry;
+use super::orient::Orientation;
+use super::sniff::{first_bytes_hex, sniff, Sniffed};
+use super::tensor::TensorWriter;
+use super::{color, jpeg, png, resize, EngineConfig};
+
+/// Thread-local buffers larger than this are released after the row that
+/// grew them, so one huge image does not pin its memory in every worker.
+const KEEP_SCRATCH_BYTES: usize = 64 << 20;
+
+/// What one row produced besides its tensor bytes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct RowOutcome {
+    /// `(height, width)` after orientation, when the header was readable.
+    pub dims: Option<(u32, u32)>,
+    /// The row error message; `None` for a good row.
+    pub error: Option<String>,
+}
+
+/// Everything a row needs that is the same for the whole batch.
+pub(crate) struct Context<'a> {
+    spec: &'a TransformSpec,
+    config: &'a EngineConfig,
+    writer: TensorWriter,
+    /// Largest side a decoder is allowed to see, derived from the limits:
+    /// the longest side any image within both limits can have.
+    max_side: usize,
+}
+
+impl<'a> Context<'a> {
+    /// Precomputes the per-batch parts of the pipeline.
+    pub(crate) fn new(spec: &'a TransformSpec, config: &'a EngineConfig) -> Self {
+        // w*h <= P and w/h <= A imply w <= sqrt(P*A).
+        let side = (config.max_pixels as f64 * config.max_aspect_ratio.max(1.0))
+            .sqrt()
+            .ceil();
+        let max_side = if side.is_finite() {
+            side.clamp(1.0, f64::from(u32::MAX)) as usize
+        } else {
+            u32::MAX as usize
+        };
+        Self {
+            spec,
+            config,
+            writer: TensorWriter::new(spec),
+            max_side,
+        }
+    }
+}
+
+/// Reused per-thread buffers.
+#[derive(Default)]
+struct Scratch {
+    /// The cleaned-up encoded stream handed to the decoder.
+    encoded: Vec<u8>,
+    /// Decoded pixels (1 or 3 channels).
+    decoded: Vec<u8>,
+    /// RGB converted to luma for gray output.
+    gray: Vec<u8>,
+    /// The oriented image.
+    oriented: Vec<u8>,
+    /// The resized image the crop window is read from.
+    resized: Vec<u8>,
+    /// The horizontal pass of a two-pass resize.
+    half_resized: Vec<u8>,
+    resizer: Resizer,
+}
+
+impl Scratch {
+    /// Drops buffers that grew past [`KEEP_SCRATCH_BYTES`].
+    fn trim(&mut self) {
+        for buf in [
+            &mut self.encoded,
+            &mut self.decoded,
+            &mut self.gray,
+            &mut self.oriented,
+            &mut self.resized,
+            &mut self.half_resized,
+        ] {
+            if buf.capacity() > KEEP_SCRATCH_BYTES {
+                *buf = Vec::new();
+            }
+        }
+        if self.resizer.size_of_internal_buffers() > KEEP_SCRATCH_BYTES {
+            self.resizer.reset_internal_buffers();
+        }
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Runs the pipeline for one image, writing its tensor into `slot` (zeroed
+/// when the row fails). Never panics and never fails the batch.
+pub(crate) fn process_row(image: Option<&[u8]>, ctx: &Context<'_>, slot: &mut [u8]) -> RowOutcome {
+    let mut dims = None;
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        SCRATCH.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut scratch) => {
+                let r = run(image, ctx, slot, &mut scratch, &mut dims);
+                scratch.trim();
+                r
+            }
+            // Only reachable if a row ever ran inside another on the same
+            // thread; correctness over reuse then.
+            Err(_) => run(image, ctx, slot, &mut Scratch::default(), &mut dims),
+        })
+    }));
+    let error = match result {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e),
+        Err(payload) => {
+            // The scratch may be half-written; start the thread afresh.
+            SCRATCH.with(|cell| {
+                if let Ok(mut s) = cell.try_borrow_mut() {
+                    *s = Scratch::default();
+                }
+            });
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic payload".to_string());
+            Some(RowError::Panic(msg))
+        }
+    };
+    if error.is_some() {
+        slot.fill(0);
+    }
+    RowOutcome {
+        dims,
+        error: error.map(|e| e.to_string()),
+    }
+}
+
+/// Refuses images whose header size breaks the configured limits.
+fn check_limits(width: u32, height: u32, config: &EngineConfig) -> Result<(), RowError> {
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > config.max_pixels {
+        return Err(RowError::TooManyPixels {
+            width,
+            height,
+            mpx: format_mpx(pixels),
+            limit: format_mpx(config.max_pixels),
+        });
+    }
+    let (long, short) = (width.max(height), width.min(height).max(1));
+    let ratio = f64::from(long) / f64::from(short);
+    if ratio > config.max_aspect_ratio {
+        return Err(RowError::AspectRatio {
+            width,
+            height,
+            ratio: format_number(ratio),
+            limit: format_number(config.max_aspect_ratio),
+        });
+    }
+    Ok(())
+}
+
+/// The orientation to apply, from the raw EXIF/XMP value.
+fn orientation(spec: &TransformSpec, raw: impl FnOnce() -> Option<u16>) -> Orientation {
+    if spec.exif_orientation {
+        raw().map_or(Orientation::Normal, Orientation::from_exif)
+    } else {
+        Orientation::Normal
+    }
+}
+
+/// Grows `buf` to at least `len` bytes and returns exactly `len` of them.
+fn sized(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+    &mut buf[..len]
+}
+
+fn run(
+    image: Option<&[u8]>,
+    ctx: &Context<'_>,
+    slot: &mut [u8],
+    s: &mut Scratch,
+    dims: &mut Option<(u32, u32)>,
+) -> Result<(), RowError> {
+    let data = image.ok_or(RowError::Null)?;
+    if data.is_empty() {
+        return Err(RowError::Empty);
+    }
+    if data.len() > ctx.config.max_encoded_bytes {
+        return Err(RowError::TooManyBytes {
+            size: data.len(),
+            limit: ctx.config.max_encoded_bytes,
+        });
+    }
+    let (width, height, channels, orient) = match sniff(data) {
+        Sniffed::Jpeg => {
+            let header = jpeg::parse_header(data, &mut s.encoded)?;
+            let orient = orientation(ctx.spec, || {
+                header
+                    .exif
+                    .and_then(orientation_from_tiff)
+                    .or_else(|| header.xmp.and_then(orientation_from_xmp))
+            });
+            *dims = Some(orient.oriented_size(header.height, header.width));
+            check_limits(header.width, header.height, ctx.config)?;
+            check_resized(ctx, orient.oriented_size(header.height, header.width))?;
+            jpeg::finish_stream(data, &header, &mut s.encoded)?;
+            let channels = jpeg::decode(&s.encoded, &header, ctx.max_side, &mut s.decoded)?;
+            (header.width, header.height, channels, orient)
+        }
+        Sniffed::Png => {
+            let header = png::parse_header(data)?;
+            *dims = Some((header.height, header.width));
+            check_limits(header.width, header.height, ctx.config)?;
+            let meta = png::filter_chunks(data, &mut s.encoded)?;
+            let orient = orientation(ctx.spec, || meta.orientation());
+            *dims = Some(orient.oriented_size(header.height, header.width));
+            check_resized(ctx, orient.oriented_size(header.height, header.width))?;
+            let channels = png::decode(&s.encoded, &header, ctx.max_side, &mut s.decoded)?;
+            (header.width, header.height, channels, orient)
+        }
+        Sniffed::Unsupported(name) => return Err(RowError::UnsupportedFormat(name)),
+        Sniffed::Unknown => return Err(RowError::UnknownFormat(first_bytes_hex(data))),
+    };
+    transform(s, ctx, (width, height), channels, orient, slot)
+}
+
+/// Refuses a spec/image pair whose resized intermediate would be larger
+/// than both the pixel limit and the output itself (only reachable with a
+/// very large aspect-ratio limit).
+fn check_resized(ctx: &Context<'_>, (height, width): (u32, u32)) -> Result<(), RowError> {
+    let plan = geometry::plan(ctx.spec, height, width);
+    let (rh, rw) = plan.resized;
+    let (oh, ow) = ctx.spec.output_size();
+    let cap = ctx.config.max_pixels.max(u64::from(oh) * u64::from(ow));
+    if u64::from(rh) * u64::from(rw) > cap {
+        return Err(RowError::ResizedTooLarge {
+            width,
+            height,
+            resized_w: rw,
+            resized_h: rh,
+            limit: format_mpx(cap),
+        });
+    }
+    Ok(())
+}
+
+/// Gray conversion, orientation, resize and the tensor write, from the
+/// decoded pixels in `s.decoded`.
+fn transform(
+    s: &mut Scratch,
+    ctx: &Context<'_>,
+    (width, height): (u32, u32),
+    mut channels: usize,
+    orient: Orientation,
+    slot: &mut [u8],
+) -> Result<(), RowError> {
+    let Scratch {
+        decoded,
+        gray,
+        oriented,
+        resized,
+        half_resized,
+        resizer,
+        ..
+    } = s;
+    let (w, h) = (width as usize, height as usize);
+    let mut pixels: &[u8] = &decoded[..w * h * channels];
+
+    if ctx.spec.color == Color::Gray && channels == 3 {
+        let out = sized(gray, w * h);
+        color::rgb_to_luma(pixels, out);
+        pixels = out;
+        channels = 1;
+    }
+
+    let (oh, ow) = orient.oriented_size(height, width);
+    if orient != Orientation::Normal {
+        let out = sized(oriented, pixels.len());
+        orient.apply(pixels, w, h, channels, out);
+        pixels = out;
+    }
+
+    let plan = geometry::plan(ctx.spec, oh, ow);
+    let (rh, rw) = plan.resized;
+    let (source, source_width): (&[u8], u32) = if (rh, rw) == (oh, ow) {
+        (pixels, ow)
+    } else {
+        let out = sized(resized, rh as usize * rw as usize * channels);
+        resize::resize(
+            resizer,
+            pixels,
+            (ow, oh),
+            channels,
+            out,
+            (rw, rh),
+            ctx.spec.filter,
+            half_resized,
+        )?;
+        (out, rw)
+    };
+    ctx.writer
+        .write(source, source_width as usize, channels, plan.crop, slot)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_are_checked_in_order() {
+        let config = EngineConfig::default();
+        assert!(check_limits(10_000, 10_000, &config).is_ok());
+        assert_eq!(
+            check_limits(65500, 65500, &config).unwrap_err().to_string(),
+            "image is 65500x65500 = 4290 Mpx, over the 100 Mpx limit"
+        );
+        assert_eq!(
+            check_limits(65000, 1, &config).unwrap_err().to_string(),
+            "image is 65000x1, aspect ratio 65000 over the limit 100"
+        );
+        assert!(check_limits(1, 100, &config).is_ok());
+        assert!(check_limits(1, 101, &config).is_err());
+    }
+
+    #[test]
+    fn decoder_side_limit_follows_the_config() {
+        let spec = TransformSpec::from_json(br#"{"preset":"imagenet"}"#).unwrap();
+        let config = EngineConfig::default();
+        assert_eq!(Context::new(&spec, &config).max_side, 100_000);
+        let odd = EngineConfig {
+            max_aspect_ratio: f64::INFINITY,
+            ..EngineConfig::default()
+        };
+        assert_eq!(Context::new(&spec, &odd).max_side, u32::MAX as usize);
+    }
+}

@@ -1,0 +1,117 @@
+//! `ListActions` / `DoAction`: small JSON-answering side calls.
+//!
+//! Every action is one entry in [`ACTIONS`] — its name, a description for
+//! `ListActions`, and a handler — so adding one is one entry and one function.
+
+use bytes::Bytes;
+use pixelfeed_schema::spec::{preset, PRESET_NAMES};
+use pixelfeed_schema::TransformSpec;
+use serde_json::{json, Map, Value};
+use tonic::Status;
+
+use super::config::ServiceConfig;
+
+/// An action handler: the service configuration and the action body in,
+/// the JSON answer out.
+type Handler = fn(&ServiceConfig, &[u8]) -> Result<Value, Status>;
+
+/// One action the service answers.
+pub struct ActionDef {
+    /// The `Action.type` clients send.
+    pub name: &'static str,
+    /// What `ListActions` says about it.
+    pub description: &'static str,
+    handler: Handler,
+}
+
+/// Every action, in the order `ListActions` lists them.
+pub const ACTIONS: &[ActionDef] = &[
+    ActionDef {
+        name: "presets",
+        description: "JSON object mapping each built-in preset name to its fully resolved \
+                      transform spec. Body: ignored.",
+        handler: presets,
+    },
+    ActionDef {
+        name: "stats",
+        description: "JSON {\"pool\": {...}}: the output memory pool's mode (pinned or pageable, \
+                      with the reason) and block counters. Body: ignored.",
+        handler: stats,
+    },
+    ActionDef {
+        name: "health",
+        description: "JSON {\"status\": \"ok\"} while the server is serving. Body: ignored.",
+        handler: health,
+    },
+];
+
+/// Runs the action called `name`, returning its answer as JSON bytes.
+pub fn run(config: &ServiceConfig, name: &str, body: &[u8]) -> Result<Bytes, Status> {
+    let action = ACTIONS.iter().find(|a| a.name == name).ok_or_else(|| {
+        let known: Vec<_> = ACTIONS.iter().map(|a| a.name).collect();
+        Status::unimplemented(format!(
+            "unknown action {name:?} (known: {})",
+            known.join(", ")
+        ))
+    })?;
+    let value = (action.handler)(config, body)?;
+    Ok(Bytes::from(value.to_string()))
+}
+
+fn presets(_: &ServiceConfig, _: &[u8]) -> Result<Value, Status> {
+    let mut out = Map::new();
+    for name in PRESET_NAMES {
+        // Resolve through the validator so clients see every default filled
+        // in, exactly as the server will apply it.
+        let raw = preset(name)
+            .ok_or_else(|| Status::internal(format!("preset {name:?} is listed but undefined")))?;
+        let spec = TransformSpec::from_value(&raw)
+            .map_err(|e| Status::internal(format!("preset {name:?} is invalid: {e}")))?;
+        out.insert((*name).to_string(), spec.to_value());
+    }
+    Ok(Value::Object(out))
+}
+
+fn stats(config: &ServiceConfig, _: &[u8]) -> Result<Value, Status> {
+    Ok(json!({"pool": config.allocator.stats()}))
+}
+
+fn health(_: &ServiceConfig, _: &[u8]) -> Result<Value, Status> {
+    Ok(json!({"status": "ok"}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_resolve_every_listed_preset() {
+        let bytes = run(&ServiceConfig::default(), "presets", b"").unwrap();
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        let imagenet = TransformSpec::from_value(&v["imagenet"]).unwrap();
+        assert_eq!(imagenet.shape(), [3, 224, 224]);
+        assert_eq!(v.as_object().unwrap().len(), PRESET_NAMES.len());
+    }
+
+    #[test]
+    fn unknown_action_is_unimplemented() {
+        let err = run(&ServiceConfig::default(), "nope", b"").unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unimplemented);
+        assert!(err.message().contains("presets"));
+    }
+
+    #[test]
+    fn stats_reports_the_allocator() {
+        let bytes = run(&ServiceConfig::default(), "stats", b"").unwrap();
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["pool"]["mode"], "heap");
+    }
+
+    #[test]
+    fn action_names_are_unique() {
+        let mut names: Vec<_> = ACTIONS.iter().map(|a| a.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ACTIONS.len());
+    }
+}

@@ -1,0 +1,147 @@
+//! Hosting the service: serving on a listener until a shutdown signal, and
+//! a loopback fixture for tests and benchmarks.
+
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use futures::StreamExt;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use super::config::ServerConfig;
+use super::service::PixelfeedService;
+
+/// HTTP/2 flow-control windows. hyper's defaults (64 KiB per stream) make a
+/// multi-megabyte tensor message take many round trips; a few MiB lets one
+/// output message be in flight while bounding per-connection buffering.
+const STREAM_WINDOW_BYTES: u32 = 8 << 20;
+const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
+
+/// Why the server could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The listen address could not be bound.
+    #[error("could not listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The bound listener's address could not be read.
+    #[error("could not read the listener's local address: {0}")]
+    LocalAddr(std::io::Error),
+    /// The gRPC transport failed while serving.
+    #[error("the gRPC transport failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The background server task panicked or was cancelled.
+    #[error("the server task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// The tonic service for `config`, with the message size limits applied in
+/// both directions (tonic's default receive limit of 4 MiB is far below one
+/// pyarrow batch of images).
+pub fn flight_service(config: &ServerConfig) -> FlightServiceServer<PixelfeedService> {
+    FlightServiceServer::new(PixelfeedService::new(config.service.clone()))
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes)
+}
+
+/// Binds `addr` (port 0 picks a free port; read it back with
+/// `listener.local_addr()`).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+/// Serves the pixelfeed Flight service on `listener` until `shutdown`
+/// completes, then stops accepting and lets in-flight calls finish.
+///
+/// `config.listen` is not used: the listener is already bound.
+pub async fn serve_with_shutdown(
+    config: ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    // Small messages (schemas, action answers, short batches) should not
+    // wait for Nagle's algorithm; tonic only sets this on listeners it binds.
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        conn.and_then(|stream| {
+            stream.set_nodelay(true)?;
+            Ok(stream)
+        })
+    });
+    Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .add_service(flight_service(&config))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    Ok(())
+}
+
+/// A server running in the background on `127.0.0.1`, for tests and
+/// benchmarks. Dropping it shuts the server down.
+#[derive(Debug)]
+pub struct LoopbackServer {
+    addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), ServerError>>>,
+}
+
+impl LoopbackServer {
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The URL clients connect to, `grpc://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("grpc://{}", self.addr)
+    }
+
+    /// Stops the server and waits until it has shut down.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for LoopbackServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            // The server may already have stopped; then there is nothing to do.
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Starts a server on `127.0.0.1:0` (a free port) in a background task, as
+/// arrow-rs's own Flight tests do. `config.listen` is ignored.
+///
+/// Must be called within a tokio runtime.
+pub async fn spawn_loopback(config: ServerConfig) -> Result<LoopbackServer, ServerError> {
+    let listener = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await?;
+    let addr = listener.local_addr().map_err(ServerError::LocalAddr)?;
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(serve_with_shutdown(config, listener, async {
+        // A dropped sender also means "stop".
+        let _ = rx.await;
+    }));
+    Ok(LoopbackServer {
+        addr,
+        shutdown: Some(tx),
+        task: Some(task),
+    })
+}

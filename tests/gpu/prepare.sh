@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Builds what the GPU check needs on THIS machine (the device machine has no
+# Rust toolchain) and stages it under .gpu/ (git-ignored), which the device
+# run carries: release binaries and a copy of the benchmark images.
+#   bash tests/gpu/prepare.sh        # then run tests/gpu/run.sh on the device
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+cargo build --release -p pixelfeed-server --bin pixelfeed
+cargo build --release -p pixelfeed-client --features cuda --example rust_gpu_upload
+rm -rf .gpu && mkdir -p .gpu/bin .gpu/images
+cp target/release/pixelfeed target/release/examples/rust_gpu_upload .gpu/bin/
+corpus=../shared/corpus/bench/imagenet
+if [ -d "$corpus" ]; then
+  cp "$corpus"/*.jpg .gpu/images/
+else
+  echo "note: $corpus not found; staging the bundled test images instead" >&2
+  cp tests/data/images/*.jpg .gpu/images/
+fi
+du -sh .gpu

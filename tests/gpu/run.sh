@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The GPU check (issue #3), run on a machine with an NVIDIA GPU, PyTorch and
+# torchvision, from the repository root, after tests/gpu/prepare.sh staged
+# .gpu/ (release binaries + images):
+#   bash tests/gpu/run.sh [repeat]
+# It starts the server, confirms its output pool is pinned (DoAction stats),
+# streams the images to the GPU through the Rust DeviceUploader and through
+# the Python TorchLoader while a randomly initialised torchvision ResNet-50
+# runs bf16 inference on the stream, and prints images/s, H2D GB/s and the
+# fraction of time the GPU waited for data. Bounded: well under 5 minutes.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+repeat=${1:-20}
+export PYTHONPATH="$PWD/clients/python${PYTHONPATH:+:$PYTHONPATH}"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+echo "cores: $(nproc)"
+
+log=$(mktemp)
+.gpu/bin/pixelfeed serve --listen 127.0.0.1:0 >"$log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+  addr=$(sed -n 's/.*pixelfeed listening on \([0-9.:]*\).*/\1/p' "$log" | head -n1)
+  [ -n "$addr" ] && break
+  sleep 0.1
+done
+[ -n "${addr:-}" ] || { cat "$log"; echo "server did not start" >&2; exit 1; }
+location="grpc://$addr"
+echo "server at $location"
+
+python3 - "$location" <<'PY'
+import json, sys
+import pyarrow.flight as fl
+c = fl.connect(sys.argv[1])
+stats = json.loads(next(iter(c.do_action(fl.Action("stats", b"")))).body.to_pybytes())
+print("pool stats:", json.dumps(stats["pool"]))
+assert stats["pool"]["mode"] == "pinned", "output pool is not pinned on a CUDA machine"
+PY
+
+echo "== Rust DeviceUploader"
+timeout 120 .gpu/bin/rust_gpu_upload --server "$location" --images .gpu/images --repeat "$repeat" --batch-size 128
+
+echo "== Python TorchLoader + ResNet-50 (bf16, random weights)"
+timeout 150 python3 tests/gpu/torch_feed.py --server "$location" --images .gpu/images --repeat "$repeat" --batch-size 128
+
+python3 - "$location" <<'PY'
+import json, sys
+import pyarrow.flight as fl
+c = fl.connect(sys.argv[1])
+stats = json.loads(next(iter(c.do_action(fl.Action("stats", b"")))).body.to_pybytes())
+p = stats["pool"]
+print("pool after run:", json.dumps(p))
+assert p["blocks_in_use"] == 0, "blocks leaked"
+print(f"pool reuse: {p['allocations']} allocations for {p['reuses'] + p['allocations']} batches")
+PY
