@@ -9,6 +9,8 @@ cargo build --release -p pixelfeed-server --bin pixelfeed
 cargo build --release -p pixelfeed-client --features cuda --example rust_gpu_upload
 rm -rf .gpu && mkdir -p .gpu/bin .gpu/images
 cp target/release/pixelfeed target/release/examples/rust_gpu_upload .gpu/bin/
+# Debug info makes them ~100 MB each; the device transfer is capped at 64 MiB.
+strip .gpu/bin/*
 corpus=../shared/corpus/bench/imagenet
 if [ -d "$corpus" ]; then
   cp "$corpus"/*.jpg .gpu/images/

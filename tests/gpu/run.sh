@@ -41,7 +41,9 @@ echo "== Rust DeviceUploader"
 timeout 120 .gpu/bin/rust_gpu_upload --server "$location" --images .gpu/images --repeat "$repeat" --batch-size 128
 
 echo "== Python TorchLoader + ResNet-50 (bf16, random weights)"
-timeout 150 python3 tests/gpu/torch_feed.py --server "$location" --images .gpu/images --repeat "$repeat" --batch-size 128
+timeout 100 python3 tests/gpu/torch_feed.py --server "$location" --images .gpu/images --repeat "$repeat" --batch-size 128
+echo "== same, uint8 HWC on the wire, normalised on the GPU"
+timeout 100 python3 tests/gpu/torch_feed.py --server "$location" --images .gpu/images --repeat "$repeat" --batch-size 128 --u8
 
 python3 - "$location" <<'PY'
 import json, sys

@@ -24,7 +24,15 @@ def main() -> None:
     ap.add_argument("--images", required=True)
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument(
+        "--u8",
+        action="store_true",
+        help="ship uint8 HWC (4x fewer bytes) and normalise on the GPU instead of float32 CHW",
+    )
     args = ap.parse_args()
+    spec = {"preset": "imagenet", "dtype": "uint8", "layout": "hwc", "normalize": None} if args.u8 else "imagenet"
+    mean = torch.tensor([0.485, 0.456, 0.406], device="cuda").view(1, 3, 1, 1) * 255
+    std = torch.tensor([0.229, 0.224, 0.225], device="cuda").view(1, 3, 1, 1) * 255
 
     paths = sorted(p for p in pathlib.Path(args.images).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     images = [p.read_bytes() for p in paths] * args.repeat
@@ -49,7 +57,7 @@ def main() -> None:
         ceiling = steps * args.batch_size / (time.perf_counter() - t)
     print(f"model-only ceiling (resident batch of {args.batch_size}): {ceiling:,.0f} images/s")
 
-    loader = TorchLoader(client.preprocess(images, spec="imagenet", batch_size=args.batch_size), device="cuda")
+    loader = TorchLoader(client.preprocess(images, spec=spec, batch_size=args.batch_size), device="cuda")
     spans = []
     n = 0
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
@@ -57,6 +65,9 @@ def main() -> None:
         for x in loader:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
+            if args.u8:
+                # NHWC uint8 viewed as NCHW is already channels_last in memory.
+                x = (x.permute(0, 3, 1, 2).float() - mean) / std
             model(x.contiguous(memory_format=torch.channels_last))
             end.record()
             spans.append((start, end))
@@ -64,6 +75,7 @@ def main() -> None:
         torch.cuda.synchronize()
         wall = time.perf_counter() - t0
     busy = sum(s.elapsed_time(e) for s, e in spans) / 1000.0
+    print(f"spec: {'uint8 HWC, normalised on GPU' if args.u8 else 'float32 CHW (imagenet preset)'}")
     print(f"images: {n}  wall: {wall:.2f} s  -> {n / wall:,.0f} images/s through pixelfeed + ResNet-50 bf16")
     print(f"H2D: {loader.h2d_bytes / 1e9:.2f} GB at {loader.h2d_bytes / wall / 1e9:.2f} GB/s (wall average)")
     print(f"GPU busy {busy:.2f} s of {wall:.2f} s; fraction of time the GPU waited on data: {1 - busy / wall:.1%}")

@@ -8,7 +8,8 @@
 //! host-to-device copy on its own CUDA stream and returns at once. While the
 //! GPU copies batch N from staging block N % 2, the CPU fills the other block
 //! with batch N+1; a block is only overwritten after the event recorded behind
-//! its previous copy has completed (cudarc's `PinnedHostSlice` waits on it).
+//! its previous copy has completed. Blocks only grow, so the varying row
+//! counts of the server's messages do not re-pin memory.
 //!
 //! The staging blocks are allocated write-combined (cudarc's default for
 //! pinned memory): the CPU only ever writes them, and write-combined memory
@@ -25,7 +26,8 @@ use arrow_array::types::{Float32Type, UInt8Type};
 use arrow_array::{cast::AsArray, Array, RecordBatch};
 use arrow_schema::DataType;
 use cudarc::driver::{
-    sys as cusys, CudaContext, CudaEvent, CudaSlice, CudaStream, DriverError, PinnedHostSlice,
+    result as cuda_result, sys as cusys, CudaContext, CudaEvent, CudaSlice, CudaStream,
+    DevicePtrMut, DriverError, PinnedHostSlice,
 };
 use pixelfeed_schema::{columns, FixedShapeTensorMetadata};
 
@@ -109,11 +111,18 @@ pub struct UploadStats {
     pub staging_time: Duration,
 }
 
+/// One pinned staging block and the event recorded behind the last copy out
+/// of it.
+struct Staging {
+    host: PinnedHostSlice<u8>,
+    copied: Option<CudaEvent>,
+}
+
 /// Double-buffered, pinned-staging host → device copier.
 pub struct DeviceUploader {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    staging: [Option<PinnedHostSlice<u8>>; 2],
+    staging: [Option<Staging>; 2],
     next: usize,
     stats: UploadStats,
 }
@@ -165,22 +174,36 @@ impl DeviceUploader {
         let n = host.bytes.len();
         let started = Instant::now();
         let slot = &mut self.staging[self.next];
-        if slot.as_ref().map(PinnedHostSlice::len) != Some(n) {
-            // Size changed (first batch, or a dataset's short tail): the old
-            // block's drop waits for its last copy before freeing it.
+        if let Some(previous) = slot.as_mut().and_then(|s| s.copied.take()) {
+            // The copy out of this block (two uploads ago) must have finished
+            // before the CPU overwrites it.
+            previous.synchronize()?;
+        }
+        // Blocks only grow: the server splits batches into messages of
+        // varying row counts, and re-pinning memory per size is slow.
+        if slot.as_ref().is_none_or(|s| s.host.len() < n) {
             *slot = None;
-            // SAFETY: the memory is fully overwritten below before any read.
-            *slot = Some(unsafe { self.ctx.alloc_pinned::<u8>(n.max(1)) }?);
+            // SAFETY: bytes are written below before the copy reads them.
+            let host = unsafe { self.ctx.alloc_pinned::<u8>(n.max(1)) }?;
+            *slot = Some(Staging { host, copied: None });
         }
         let staging = slot.as_mut().expect("slot filled above");
-        // Waits for this block's previous copy (two batches ago) to finish.
-        staging.as_mut_slice()?[..n].copy_from_slice(host.bytes);
+        let pinned = &mut staging.host.as_mut_slice()?[..n];
+        pinned.copy_from_slice(host.bytes);
         self.stats.staging_time += started.elapsed();
         // SAFETY: the device buffer is fully written by the copy below before
         // anyone can observe it (readers wait on `ready`).
         let mut data = unsafe { self.stream.alloc::<u8>(n.max(1)) }?;
-        self.stream.memcpy_htod(staging, &mut data)?;
+        {
+            let (device_ptr, _record) = data.device_ptr_mut(&self.stream);
+            // SAFETY: `pinned` is page-locked, lives in `self.staging` until
+            // `copied` has completed (checked before reuse or on drop), and
+            // `data` was allocated on this stream with at least `n` bytes.
+            // cudarc's safe `memcpy_htod` would copy the whole staging block.
+            unsafe { cuda_result::memcpy_htod_async(device_ptr, pinned, self.stream.cu_stream()) }?;
+        }
         let ready = self.stream.record_event(None)?;
+        staging.copied = Some(self.stream.record_event(None)?);
         self.next ^= 1;
         self.stats.batches += 1;
         self.stats.rows += host.valid.len() as u64;
@@ -192,6 +215,13 @@ impl DeviceUploader {
             valid: host.valid,
             ready,
         })
+    }
+}
+
+impl Drop for DeviceUploader {
+    fn drop(&mut self) {
+        // Staging memory must outlive the copies reading it.
+        let _ = self.stream.synchronize();
     }
 }
 

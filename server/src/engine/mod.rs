@@ -15,29 +15,32 @@
 //! `Image.open → ImageOps.exif_transpose → convert('RGB'|'L') → resize →
 //! center_crop → ToTensor → Normalize`):
 //!
-//! 1. [`sniff`]: the format comes from magic bytes only. JPEG and PNG are
+//! 1. `sniff`: the format comes from magic bytes only. JPEG and PNG are
 //!    decoded; GIF, WebP, TIFF, BMP, JPEG 2000, ICO, PNM and a few more are
 //!    named in an `unsupported format: ...` error.
-//! 2. [`jpeg`] / [`png`]: our own bounds-checked header walk finds the size
+//! 2. `jpeg` / `png`: our own bounds-checked header walk finds the size
 //!    and orientation metadata, the limits are checked, and a cleaned stream
 //!    (pixel-defining segments/chunks only) goes to zune-jpeg / zune-png in
 //!    strict mode. See those modules for exactly what is tolerated.
-//! 3. [`exif`] + [`orient`]: EXIF Orientation (IFD0 only), else XMP
+//! 3. `exif` + `orient`: EXIF Orientation (IFD0 only), else XMP
 //!    `tiff:Orientation`, applied as `exif_transpose` does when
 //!    `spec.exif_orientation`. `height`/`width` report the oriented size.
-//! 4. [`color`]: RGB to gray with Pillow's `convert('L')` weights, before
+//! 4. `color`: RGB to gray with Pillow's `convert('L')` weights, before
 //!    resizing; gray sources are broadcast to RGB at the end.
-//! 5. [`geometry`] + [`resize`]: torchvision's size arithmetic, Pillow's
-//!    antialiased filters (fast_image_resize), resize first, then the crop
-//!    window is read out of the resized image.
-//! 6. [`tensor`]: one pass into the row's slot of the batch's single output
+//! 5. `geometry` + `resize`: torchvision's size arithmetic; Pillow's
+//!    antialiased filters via fast_image_resize, run horizontal pass first
+//!    as Pillow does; nearest neighbour reproduces Pillow's accumulated
+//!    sample positions. Resize first, then the crop window is read out of
+//!    the resized image (no fused crop: it was not needed for speed and
+//!    resize-then-crop is Pillow's order by construction).
+//! 6. `tensor`: one pass into the row's slot of the batch's single output
 //!    block (dtype, normalisation LUT, layout).
 //!
 //! PNG pixel policy: 16-bit samples keep the high byte, alpha is dropped
 //! without compositing (Pillow's `convert('RGB')` does the same), palette
 //! images with tRNS become their palette colours.
 //!
-//! Rows run in parallel on the rayon pool ([`batch`]); each worker thread
+//! Rows run in parallel on the rayon pool (`batch`); each worker thread
 //! keeps its decode/resize buffers and `Resizer` between rows, so steady
 //! state allocates nothing per row in the engine itself (zune's decoders
 //! keep some internal allocations of their own).
