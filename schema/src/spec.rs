@@ -403,7 +403,7 @@ impl TransformSpec {
             None => Value::Null,
         };
         let normalize = match &self.normalize {
-            Some(n) => json!({"mean": n.mean, "std": n.std}),
+            Some(n) => json!({"mean": shortest_f64(&n.mean), "std": shortest_f64(&n.std)}),
             None => Value::Null,
         };
         json!({
@@ -427,6 +427,15 @@ impl TransformSpec {
     pub fn to_json(&self) -> String {
         self.to_value().to_string()
     }
+}
+
+/// Widens f32 values to the f64 with the same shortest decimal form, so the
+/// resolved spec says `0.485`, not `0.48500001430511475`.
+fn shortest_f64(values: &[f32]) -> Vec<f64> {
+    values
+        .iter()
+        .map(|v| v.to_string().parse().unwrap_or(f64::from(*v)))
+        .collect()
 }
 
 fn one_of(field: &str, got: &str, allowed: &[&str]) -> SpecError {
@@ -619,6 +628,12 @@ mod tests {
         .unwrap();
         let again = TransformSpec::from_value(&spec.to_value()).unwrap();
         assert_eq!(spec, again);
+        let imagenet = TransformSpec::from_json(br#"{"preset":"imagenet"}"#).unwrap();
+        assert!(
+            imagenet.to_json().contains(r#""mean":[0.485,0.456,0.406]"#),
+            "{}",
+            imagenet.to_json()
+        );
     }
 
     #[test]

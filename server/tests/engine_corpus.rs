@@ -229,12 +229,9 @@ fn hostile_files_in_one_batch() {
         images.push(std::fs::read(hostile.join(name)).unwrap());
     }
 
-    // The manifest suggests a service limit of 50-64 Mpx for the valid
-    // 10000x10000 bomb; the default (100 Mpx) would admit it exactly.
-    let config = EngineConfig {
-        max_pixels: 64_000_000,
-        ..EngineConfig::default()
-    };
+    // The manifest asks for a service limit of 50-64 Mpx for the valid
+    // 10000x10000 bomb: the default configuration must refuse it.
+    let config = EngineConfig::default();
     let spec = imagenet();
     let started = Instant::now();
     let out = run(&images, &spec, &config);

@@ -256,7 +256,7 @@ mod tests {
         assert_eq!(errs[3], None);
         assert_eq!(
             errs[4].as_deref(),
-            Some("image is 65500x65500 = 4290 Mpx, over the 100 Mpx limit")
+            Some("image is 65500x65500 = 4290 Mpx, over the 64 Mpx limit")
         );
         assert_eq!(errs[5].as_deref(), Some("empty image"));
         assert_eq!(errs[6], None);

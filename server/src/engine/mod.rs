@@ -76,9 +76,14 @@ pub struct EngineConfig {
 }
 
 impl Default for EngineConfig {
+    /// 64 Mpx, aspect ratio 100, 64 MiB encoded. The pixel limit sits at the
+    /// top of the range the hostile corpus asks for (a fully valid
+    /// 10000x10000 JPEG must be refused early: decoding it costs ~300 MB and
+    /// a second of CPU per row); raise it with `--max-pixels` for large
+    /// imagery.
     fn default() -> Self {
         Self {
-            max_pixels: 100_000_000,
+            max_pixels: 64_000_000,
             max_aspect_ratio: 100.0,
             max_encoded_bytes: 64 << 20,
         }

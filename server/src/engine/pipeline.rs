@@ -333,10 +333,11 @@ mod tests {
     #[test]
     fn limits_are_checked_in_order() {
         let config = EngineConfig::default();
-        assert!(check_limits(10_000, 10_000, &config).is_ok());
+        assert!(check_limits(8_000, 8_000, &config).is_ok());
+        assert!(check_limits(10_000, 10_000, &config).is_err());
         assert_eq!(
             check_limits(65500, 65500, &config).unwrap_err().to_string(),
-            "image is 65500x65500 = 4290 Mpx, over the 100 Mpx limit"
+            "image is 65500x65500 = 4290 Mpx, over the 64 Mpx limit"
         );
         assert_eq!(
             check_limits(65000, 1, &config).unwrap_err().to_string(),
@@ -350,7 +351,8 @@ mod tests {
     fn decoder_side_limit_follows_the_config() {
         let spec = TransformSpec::from_json(br#"{"preset":"imagenet"}"#).unwrap();
         let config = EngineConfig::default();
-        assert_eq!(Context::new(&spec, &config).max_side, 100_000);
+        // sqrt(64 Mpx x aspect 100): the longest side any accepted image has.
+        assert_eq!(Context::new(&spec, &config).max_side, 80_000);
         let odd = EngineConfig {
             max_aspect_ratio: f64::INFINITY,
             ..EngineConfig::default()

@@ -1,0 +1,63 @@
+"""GPU handoff helpers on CPU: ``pixelfeed.interop`` (DLPack) and ``pixelfeed.torch``.
+
+The CUDA paths are exercised by ``tests/gpu/run.sh`` on a GPU machine; here
+we prove the CPU handoffs copy nothing. ``pixelfeed.torch`` needs PyTorch,
+which the CI venv does not install (PyPI only has multi-GB CUDA wheels), so
+those tests skip visibly without it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import pixelfeed
+from pixelfeed.interop import dlpack_values
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "images"
+SMALL = {"resize": {"mode": "exact", "height": 24, "width": 32}, "dtype": "float32", "layout": "chw"}
+
+
+def _batches(client, n=6, batch_size=4):
+    images = [(DATA / "pillow_hopper.jpg").read_bytes()] * (n - 1) + [b"not an image"]
+    return list(client.preprocess(images, spec=SMALL, batch_size=batch_size))
+
+
+def _ptr(x: np.ndarray) -> int:
+    return x.__array_interface__["data"][0]
+
+
+def test_dlpack_values_are_the_arrow_buffer(client):
+    batches = _batches(client)
+    assert sum(b.num_rows for b in batches) == 6
+    for batch in batches:
+        flat = np.from_dlpack(dlpack_values(batch))
+        view = pixelfeed.tensors(batch)
+        assert flat.shape == (batch.num_rows * 3 * 24 * 32,)
+        assert _ptr(flat) == _ptr(view), "DLPack export must alias the Arrow values buffer"
+        np.testing.assert_array_equal(flat.reshape(view.shape), view)
+
+
+def test_dlpack_values_of_a_sliced_batch_start_at_its_rows(client):
+    batch = _batches(client, n=8, batch_size=8)[0]
+    tail = batch.slice(3)
+    flat = np.from_dlpack(dlpack_values(tail))
+    np.testing.assert_array_equal(flat.reshape(pixelfeed.tensors(tail).shape), pixelfeed.tensors(batch)[3:])
+
+
+def test_torch_cpu_loader_is_zero_copy(client):
+    torch = pytest.importorskip("torch", reason="PyTorch not installed: pixelfeed.torch untested here (run tests/gpu/run.sh)")
+    from pixelfeed.torch import TorchLoader
+
+    batches = _batches(client)
+    got = list(TorchLoader(iter(batches), device="cpu", with_batch=True))
+    assert len(got) == len(batches)
+    for x, batch in got:
+        view = pixelfeed.tensors(batch)
+        assert isinstance(x, torch.Tensor) and x.device.type == "cpu"
+        assert x.data_ptr() == _ptr(view), "CPU tensors must alias the Arrow buffer"
+        np.testing.assert_array_equal(x.numpy(), view)
+    kept = list(TorchLoader(iter(batches), valid_only=True))
+    assert sum(t.shape[0] for t in kept) == 5
