@@ -37,6 +37,9 @@ print("pool stats:", json.dumps(stats["pool"]))
 assert stats["pool"]["mode"] == "pinned", "output pool is not pinned on a CUDA machine"
 PY
 
+echo "== pytest: CPU and CUDA handoff tests that need torch (skipped in CI)"
+PIXELFEED_BIN=.gpu/bin/pixelfeed timeout 120 python3 -m pytest -q -p no:cacheprovider tests/python/test_gpu_handoff.py tests/python/test_client.py -k "torch" -rs
+
 echo "== Rust DeviceUploader"
 timeout 120 .gpu/bin/rust_gpu_upload --server "$location" --images .gpu/images --repeat "$repeat" --batch-size 128
 

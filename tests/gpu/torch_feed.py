@@ -57,7 +57,11 @@ def main() -> None:
         ceiling = steps * args.batch_size / (time.perf_counter() - t)
     print(f"model-only ceiling (resident batch of {args.batch_size}): {ceiling:,.0f} images/s")
 
-    loader = TorchLoader(client.preprocess(images, spec=spec, batch_size=args.batch_size), device="cuda")
+    # The server splits each 128-row float32 batch into ~16 MiB messages;
+    # the loader regroups them so the model sees full batches.
+    loader = TorchLoader(
+        client.preprocess(images, spec=spec, batch_size=args.batch_size), device="cuda", batch_size=args.batch_size
+    )
     spans = []
     n = 0
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):

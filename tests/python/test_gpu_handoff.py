@@ -61,3 +61,18 @@ def test_torch_cpu_loader_is_zero_copy(client):
         np.testing.assert_array_equal(x.numpy(), view)
     kept = list(TorchLoader(iter(batches), valid_only=True))
     assert sum(t.shape[0] for t in kept) == 5
+
+
+def test_torch_loader_regroups_message_pieces_into_full_batches(client):
+    torch = pytest.importorskip("torch", reason="PyTorch not installed: pixelfeed.torch untested here (run tests/gpu/run.sh)")
+    from pixelfeed.torch import TorchLoader
+
+    batches = _batches(client, n=10, batch_size=3)  # rows 3,3,3,1; the last row failed
+    expected = np.concatenate([pixelfeed.tensors(b) for b in batches])
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        got = list(TorchLoader(iter(batches), device=device, batch_size=4, with_batch=True))
+        assert [x.shape[0] for x, _ in got] == [4, 4, 2]
+        assert [b.num_rows for _, b in got] == [4, 4, 2]
+        np.testing.assert_array_equal(torch.cat([x.cpu() for x, _ in got]).numpy(), expected)
+        assert pixelfeed.errors(got[-1][1])[-1] is not None, "row metadata must follow its tensor"

@@ -23,7 +23,7 @@ Example::
 from __future__ import annotations
 
 import warnings
-from typing import Iterable, Iterator, Optional, Tuple, Union
+from typing import Iterable, Iterator, List, Optional, Tuple, Union
 
 import pyarrow as pa
 
@@ -35,6 +35,13 @@ except ImportError as exc:  # pragma: no cover - exercised where torch is absent
 from .arrays import tensors, valid
 
 __all__ = ["to_torch", "TorchLoader"]
+
+
+def _merge(group: List[pa.RecordBatch]) -> pa.RecordBatch:
+    """One record batch holding the rows of ``group`` (a copy only when it has several pieces)."""
+    if len(group) == 1:
+        return group[0]
+    return pa.Table.from_batches(group).combine_chunks().to_batches()[0]
 
 
 def to_torch(batch: Union[pa.RecordBatch, pa.Table]) -> "torch.Tensor":
@@ -63,6 +70,13 @@ class TorchLoader:
         valid_only: drop rows whose image failed (the tensor then has fewer
             rows than the batch; use ``with_batch`` and :func:`pixelfeed.valid`
             to map them back). On CPU this costs a copy of the kept rows.
+        batch_size: regroup rows into batches of exactly this many (the last
+            may be short). The server may answer one input batch with several
+            smaller messages; a model wants the batch size it was tuned for.
+            On CUDA the regrouping is free (pieces are gathered into the
+            pinned staging buffer that is copied anyway); on CPU a batch made
+            of several pieces costs one copy. ``None`` yields each message as
+            it arrives.
     """
 
     def __init__(
@@ -71,13 +85,17 @@ class TorchLoader:
         device: Optional[Union[str, "torch.device"]] = "cpu",
         with_batch: bool = False,
         valid_only: bool = False,
+        batch_size: Optional[int] = None,
     ) -> None:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        if batch_size is not None and batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
         self.device = torch.device(device)
         self.batches = batches
         self.with_batch = with_batch
         self.valid_only = valid_only
+        self.batch_size = batch_size
         #: Bytes copied host -> device so far (CUDA only).
         self.h2d_bytes = 0
 
@@ -85,8 +103,34 @@ class TorchLoader:
         if self.device.type == "cuda":
             yield from self._iter_cuda()
         else:
+            for group in self._groups():
+                if len(group) == 1:
+                    x = to_torch(group[0])
+                else:
+                    x = torch.cat([to_torch(piece) for piece in group])
+                batch = _merge(group)
+                yield self._emit(self._select(x, batch), batch)
+
+    def _groups(self) -> Iterator[List[pa.RecordBatch]]:
+        """Consecutive row slices (zero-copy) forming each yielded batch."""
+        if self.batch_size is None:
             for batch in self.batches:
-                yield self._emit(self._select(to_torch(batch), batch), batch)
+                yield [batch]
+            return
+        group: List[pa.RecordBatch] = []
+        rows = 0
+        for batch in self.batches:
+            offset = 0
+            while offset < batch.num_rows:
+                take = min(self.batch_size - rows, batch.num_rows - offset)
+                group.append(batch.slice(offset, take))
+                rows += take
+                offset += take
+                if rows == self.batch_size:
+                    yield group
+                    group, rows = [], 0
+        if group:
+            yield group
 
     def _select(self, x: "torch.Tensor", batch: pa.RecordBatch) -> "torch.Tensor":
         if not self.valid_only:
@@ -106,23 +150,27 @@ class TorchLoader:
         staged_events = [None, None]  # copy-done events guarding each staging slot
         pending = None  # (device tensor, ready event, batch) one ahead
         slot = 0
-        for batch in self.batches:
-            host = to_torch(batch)
-            flat = host.reshape(-1)
-            buf = staging[slot]
-            if buf is None or buf.numel() < flat.numel() or buf.dtype != flat.dtype:
-                if staged_events[slot] is not None:
-                    staged_events[slot].synchronize()
-                buf = torch.empty(flat.numel(), dtype=flat.dtype, pin_memory=True)
-                staging[slot] = buf
-            elif staged_events[slot] is not None:
-                # The copy from this slot two batches ago must be done before
-                # the CPU overwrites it.
+        for group in self._groups():
+            hosts = [to_torch(piece) for piece in group]
+            rows = sum(h.shape[0] for h in hosts)
+            shape = (rows, *hosts[0].shape[1:])
+            numel = sum(h.numel() for h in hosts)
+            dtype = hosts[0].dtype
+            if staged_events[slot] is not None:
+                # The copy out of this slot two batches ago must be done
+                # before the CPU overwrites (or frees) it.
                 staged_events[slot].synchronize()
-            pinned = buf[: flat.numel()]
-            pinned.copy_(flat)
+            buf = staging[slot]
+            if buf is None or buf.numel() < numel or buf.dtype != dtype:
+                buf = torch.empty(numel, dtype=dtype, pin_memory=True)
+                staging[slot] = buf
+            pinned = buf[:numel]
+            offset = 0
+            for h in hosts:  # gather the pieces: the one CPU copy of this path
+                pinned[offset : offset + h.numel()].copy_(h.reshape(-1))
+                offset += h.numel()
             with torch.cuda.stream(copy_stream):
-                dev = pinned.to(device, non_blocking=True).view(host.shape)
+                dev = pinned.to(device, non_blocking=True).view(shape)
                 ready = torch.cuda.Event()
                 ready.record(copy_stream)
             staged_events[slot] = ready
@@ -130,7 +178,7 @@ class TorchLoader:
             slot ^= 1
             if pending is not None:
                 yield self._hand_over(*pending)
-            pending = (dev, ready, batch)
+            pending = (dev, ready, _merge(group))
         if pending is not None:
             yield self._hand_over(*pending)
 
