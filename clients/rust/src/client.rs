@@ -14,6 +14,7 @@ use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::{Action, ActionType, FlightClient, FlightData, FlightDescriptor};
 use arrow_schema::SchemaRef;
 use bytes::Bytes;
+use futures::channel::oneshot;
 use futures::stream::{self, BoxStream, Stream, StreamExt, TryStreamExt};
 use pixelfeed_schema::TransformSpec;
 use serde_json::Value;
@@ -150,6 +151,13 @@ impl Client {
         batches: BoxStream<'static, RecordBatch>,
     ) -> Result<ExchangeStream, ClientError> {
         let descriptor = FlightDescriptor::new_cmd(spec);
+        // Dropping the ExchangeStream drops `cancel`, which ends the upload.
+        // HTTP/2 resets a stream only once neither half is in use, so
+        // without this a reader that walks away would leave the server
+        // holding its pipeline (and output blocks) until the whole input
+        // had been sent.
+        let (cancel, cancelled) = oneshot::channel::<()>();
+        let batches = batches.take_until(cancelled).boxed();
         let request: BoxStream<'static, Result<FlightData, FlightError>> = match schema {
             // The encoder's own splitting is off (`usize::MAX`): the server
             // processes each message as one batch, so batches stay whole.
@@ -168,7 +176,10 @@ impl Client {
             .boxed(),
         };
         let inner = self.flight_client().do_exchange(request).await?;
-        Ok(ExchangeStream { inner })
+        Ok(ExchangeStream {
+            inner,
+            _cancel: cancel,
+        })
     }
 
     /// Preprocesses encoded images (`Vec<Vec<u8>>`, `&[Bytes]`, ...): sends
@@ -267,6 +278,8 @@ fn http_url(url: &str) -> Result<String, ClientError> {
 /// breaking the contract, say); batches before it are valid.
 pub struct ExchangeStream {
     inner: FlightRecordBatchStream,
+    /// Dropped with the stream: stops the upload of the remaining input.
+    _cancel: oneshot::Sender<()>,
 }
 
 impl std::fmt::Debug for ExchangeStream {
