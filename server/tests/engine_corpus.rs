@@ -170,9 +170,10 @@ fn documented_choice(name: &str) -> Option<Expect> {
 /// The engine's choice for each POLICY file (the manifest allows either).
 fn policy_choice(name: &str) -> Expect {
     match name {
-        // All scan data is present; zune-jpeg (strict) returns exactly the
-        // pixels of the intact file (checked below), so accept.
-        "no_eoi.jpg" => Expect::Accept,
+        // Strict mode refuses a JPEG without EOI, as the manifest's strict
+        // reading says; with `strict: false` it decodes to exactly the
+        // intact file's pixels, with a warning (checked below).
+        "no_eoi.jpg" => Expect::Reject,
         // Strict: a PNG must end with IEND.
         "png_no_iend.png" => Expect::Reject,
         // Strict: Adler-32 is verified.
@@ -232,7 +233,13 @@ fn hostile_files_in_one_batch() {
     // The manifest asks for a service limit of 50-64 Mpx for the valid
     // 10000x10000 bomb: the default configuration must refuse it.
     let config = EngineConfig::default();
-    let spec = imagenet();
+    // The manifest's REJECT rows are a strict decoder's answers ("REJECT
+    // (strict)"); the lenient mode's warnings are checked end to end in
+    // tests/python/test_hostile.py.
+    let spec = TransformSpec {
+        strict: true,
+        ..imagenet()
+    };
     let started = Instant::now();
     let out = run(&images, &spec, &config);
     let elapsed = started.elapsed();
@@ -338,11 +345,15 @@ fn hostile_files_in_one_batch() {
         assert_eq!(out.dims[row(file)], Some(dims), "{file}");
     }
 
-    // no_eoi.jpg is jpeg_named.png (the intact file) minus its EOI marker.
-    assert_eq!(
-        out.tensors[row("no_eoi.jpg")],
-        out.tensors[row("jpeg_named.png")]
-    );
+    // no_eoi.jpg is jpeg_named.png (the intact file) minus its EOI marker:
+    // the lenient mode loses no pixels.
+    let pair = [
+        images[row("no_eoi.jpg")].clone(),
+        images[row("jpeg_named.png")].clone(),
+    ];
+    let lenient = run(&pair, &imagenet(), &config);
+    assert_eq!(lenient.errors, [None, None]);
+    assert_eq!(lenient.tensors[0], lenient.tensors[1]);
 
     // Every good row is exactly what the image gives on its own.
     for (i, label) in labels.iter().enumerate() {

@@ -195,7 +195,7 @@ def test_preprocess_forms_agree(client):
         }
     )
     out = pa.Table.from_batches(list(client.preprocess(table, spec=UINT8_SMALL, batch_size=2)))
-    assert out.column_names == ["id", "path", "tensor", "error", "height", "width"]
+    assert out.column_names == ["id", "path", "tensor", "error", "height", "width", "warning", "geometry"]
     assert out.column("id").to_pylist() == list(range(len(GOOD)))
     assert out.column("path").to_pylist() == GOOD
     np.testing.assert_array_equal(pixelfeed.tensors(out), ref)

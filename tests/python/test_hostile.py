@@ -35,7 +35,9 @@ import pytest
 import pixelfeed
 from pfhelpers import DATA_IMAGES, TOLERANCE, mean_abs_diff, pillow_reference, run_named, sniff
 
-SPEC = {"preset": "imagenet", "dtype": "uint8", "layout": "hwc", "normalize": None}
+#: The manifest's REJECT rows are what a *strict* decoder does ("REJECT (strict)").
+SPEC = {"preset": "imagenet", "dtype": "uint8", "layout": "hwc", "normalize": None, "strict": True}
+LENIENT = dict(SPEC, strict=False)
 CALL_BOUND_S = 60.0
 RSS_BOUND_KIB = 2 * 1024 * 1024  # 2 GiB
 GOOD = ["pillow_hopper.jpg", "pillow_hopper.png", "china_progressive_420_q90.jpg", "coffee_palette16_trns.png"]
@@ -64,7 +66,9 @@ def load_manifest(folder: Path) -> Dict[str, Tuple[str, str]]:
     return out
 
 
-def run_interleaved(client, hostile: List[Tuple[str, bytes]], timeout: float) -> Tuple[List[dict], float]:
+def run_interleaved(
+    client, hostile: List[Tuple[str, bytes]], timeout: float, spec: Dict = SPEC
+) -> Tuple[List[dict], float]:
     """One call: good, hostile, good, hostile, ...; returns (rows, seconds)."""
     goods = [(g, (DATA_IMAGES / g).read_bytes()) for g in GOOD]
     names: List[str] = []
@@ -82,10 +86,11 @@ def run_interleaved(client, hostile: List[Tuple[str, bytes]], timeout: float) ->
     )
     rows: List[dict] = []
     start = time.monotonic()
-    for batch in client.preprocess(table, spec=SPEC, batch_size=16, timeout=timeout):
+    for batch in client.preprocess(table, spec=spec, batch_size=16, timeout=timeout):
         x = pixelfeed.tensors(batch)
         ok = pixelfeed.valid(batch)
         errs = pixelfeed.errors(batch)
+        warns = pixelfeed.warnings(batch)
         tensor_valid = batch.column("tensor").storage.is_valid().to_pylist()
         for i, (rid, name) in enumerate(zip(batch.column("id").to_pylist(), batch.column("name").to_pylist())):
             rows.append(
@@ -96,6 +101,7 @@ def run_interleaved(client, hostile: List[Tuple[str, bytes]], timeout: float) ->
                     "raw": np.array(x[i]),
                     "has_tensor": tensor_valid[i],
                     "error": errs[i],
+                    "warning": warns[i],
                 }
             )
     return rows, time.monotonic() - start
@@ -183,6 +189,32 @@ def test_hostile_corpus_one_call(client, server, corpus):
     # Still serving: a second call gives the same answer as before.
     again = run_named(client, [("g", (DATA_IMAGES / GOOD[0]).read_bytes())], SPEC)["g"][0]
     assert np.array_equal(again, alone[f"good:{GOOD[0]}"])
+
+
+def test_lenient_mode_never_hides_what_strict_refuses(client, server, corpus):
+    """``strict: false``: a file strict mode rejects is rejected or carries a warning, never silently OK."""
+    folder = corpus / "hostile"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is missing")
+    hostile = [(p.name, p.read_bytes()) for p in sorted(folder.iterdir()) if p.is_file() and p.suffix not in (".tsv", ".md")]
+    strict_rows, _ = run_interleaved(client, hostile, timeout=CALL_BOUND_S + 30)
+    lenient_rows, _ = run_interleaved(client, hostile, timeout=CALL_BOUND_S + 30, spec=LENIENT)
+    server.check_alive("after the lenient hostile call")
+    assert [r["name"] for r in strict_rows] == [r["name"] for r in lenient_rows]
+    silent, recovered = [], []
+    for s_row, l_row in zip(strict_rows, lenient_rows):
+        assert s_row["warning"] is None, f"{s_row['name']}: strict rows carry no warnings"
+        if l_row["has_tensor"] and l_row["error"] is not None:
+            silent.append(f"{l_row['name']}: inconsistent row")
+        if s_row["has_tensor"]:
+            continue
+        if l_row["has_tensor"] and not l_row["warning"]:
+            silent.append(f"{l_row['name']}: strict says {s_row['error']!r}, lenient decoded it without a warning")
+        elif l_row["has_tensor"]:
+            recovered.append(f"{l_row['name']}: {l_row['warning']}")
+    print("\nrecovered with a warning under strict: false:\n" + "\n".join(recovered))
+    assert recovered, "no truncated file decoded in lenient mode"
+    assert not silent, "\n".join(silent)
 
 
 # ---------------------------------------------------------------------------------------

@@ -29,6 +29,9 @@ IMAGENET_RESOLVED = {
     "layout": "chw",
     "normalize": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
     "exif_orientation": True,
+    "flip": None,
+    "seed": 0,
+    "strict": False,
 }
 
 
@@ -86,7 +89,7 @@ def images_batch(image_type: pa.DataType = pa.binary(), extra_bad: bool = False)
 def test_output_schema_and_tensor_type(location):
     table = exchange(location, {"preset": "imagenet"}, [images_batch(extra_bad=True)])
     assert table.num_rows == len(GOOD) + 2
-    assert table.column_names == ["id", "label", "tensor", "error", "height", "width"]
+    assert table.column_names == ["id", "label", "tensor", "error", "height", "width", "warning", "geometry"]
     assert table.column("id").to_pylist() == list(range(len(GOOD) + 2))
     assert table.column("label").to_pylist() == [f"label{i}" for i in range(len(GOOD) + 2)]
 
@@ -100,6 +103,19 @@ def test_output_schema_and_tensor_type(location):
     assert table.schema.field("error").type == pa.utf8()
     assert table.schema.field("height").type == pa.uint32()
     assert table.schema.field("width").type == pa.uint32()
+    assert table.schema.field("warning").type == pa.utf8()
+    assert table.schema.field("tensor").metadata == {b"pixelfeed.dtype": b"float32"}
+    f64 = pa.float64()
+    assert table.schema.field("geometry").type == pa.struct(
+        [
+            pa.field("orientation", pa.uint8(), nullable=False),
+            pa.field("flipped_horizontal", pa.bool_(), nullable=False),
+            pa.field("flipped_vertical", pa.bool_(), nullable=False),
+        ]
+        + [pa.field(n, f64, nullable=False) for n in ["scale_y", "scale_x", "box_top", "box_left", "box_height", "box_width"]]
+    )
+    geometry = table.column("geometry").combine_chunks()
+    assert geometry.is_null().to_pylist() == [False] * len(GOOD) + [True, True]
 
     spec = json.loads(table.schema.metadata[b"pixelfeed.spec"])
     assert_same_spec(spec, IMAGENET_RESOLVED)
@@ -118,6 +134,19 @@ def test_output_schema_and_tensor_type(location):
     assert np.isfinite(arr).all()
     # ImageNet-normalised photos: roughly zero-centred, within a few std.
     assert -3.0 < arr.min() < 0.0 < arr.max() < 3.0
+
+
+@pytest.mark.parametrize("dtype, storage", [("float16", pa.float16()), ("bfloat16", pa.uint16())])
+def test_half_dtypes_on_the_wire(location, dtype, storage):
+    """float16 is Arrow HalfFloat; bfloat16 is uint16 storage marked in the field metadata."""
+    table = exchange(location, {"preset": "imagenet", "dtype": dtype}, [images_batch()])
+    field = table.schema.field("tensor")
+    assert isinstance(field.type, pa.FixedShapeTensorType)
+    assert field.type.value_type == storage
+    assert field.metadata[b"pixelfeed.dtype"] == dtype.encode()
+    assert json.loads(table.schema.metadata[b"pixelfeed.spec"])["dtype"] == dtype
+    arr = table.column("tensor").combine_chunks().to_numpy_ndarray()
+    assert arr.shape == (len(GOOD), 3, 224, 224) and arr.dtype == storage.to_pandas_dtype()
 
 
 def test_height_width_are_source_dims(location):
@@ -144,7 +173,7 @@ def test_uint8_hwc_type(location):
 @pytest.mark.parametrize(
     "spec,field",
     [
-        ({"preset": "imagenet", "dtype": "float16"}, "dtype"),
+        ({"preset": "imagenet", "dtype": "float64"}, "dtype"),
         ({"preset": "imagenet", "layout": "nchw"}, "layout"),
         ({"preset": "imagenet", "filter": "cubic"}, "filter"),
         ({"preset": "imagenet", "crop": {"mode": "center", "height": 300, "width": 224}}, "crop.height"),

@@ -20,7 +20,19 @@ Quick use::
 """
 
 from . import interop
-from .arrays import batch_spec, errors, heights, tensor_shape, tensors, valid, widths
+from .arrays import (
+    batch_spec,
+    errors,
+    geometry,
+    heights,
+    tensor_dtype,
+    tensor_shape,
+    tensors,
+    tensors_bf16,
+    valid,
+    warnings,
+    widths,
+)
 from .client import DEFAULT_PRESET, Client, connect, encode_spec
 
 __version__ = "0.1.0"
@@ -31,7 +43,11 @@ __all__ = [
     "encode_spec",
     "DEFAULT_PRESET",
     "tensors",
+    "tensors_bf16",
+    "tensor_dtype",
     "errors",
+    "warnings",
+    "geometry",
     "valid",
     "heights",
     "widths",

@@ -3,11 +3,15 @@
 An output batch (see the wire contract in ``schema/src/tensor.rs``) has the
 passthrough columns, then:
 
-- ``tensor``: ``FixedSizeList<float32|uint8, N>`` carrying the
+- ``tensor``: ``FixedSizeList<float32|float16|uint16|uint8, N>`` carrying the
   ``arrow.fixed_shape_tensor`` extension type (``pa.FixedShapeTensorType`` in
-  pyarrow), null for rows that failed;
+  pyarrow), null for rows that failed; the field metadata ``pixelfeed.dtype``
+  names the spec's dtype (``bfloat16`` travels as ``uint16`` bits, since Arrow
+  has no bfloat16 type: see :func:`tensors_bf16`);
 - ``error``: utf8, null for good rows, a message for failed ones;
-- ``height`` / ``width``: uint32 source dimensions after EXIF orientation.
+- ``height`` / ``width``: uint32 source dimensions after EXIF orientation;
+- ``warning``: utf8, set when a row decoded only with recovery (``strict: false``);
+- ``geometry``: struct mapping the output back to the source (see :func:`geometry`).
 
 The functions here accept a ``pyarrow.RecordBatch`` (the unit
 :meth:`pixelfeed.Client.preprocess` yields), a ``pyarrow.Table`` or the tensor
@@ -22,13 +26,28 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["tensors", "errors", "valid", "heights", "widths", "batch_spec", "tensor_shape"]
+__all__ = [
+    "tensors",
+    "tensors_bf16",
+    "tensor_dtype",
+    "errors",
+    "warnings",
+    "valid",
+    "heights",
+    "widths",
+    "geometry",
+    "batch_spec",
+    "tensor_shape",
+]
 
 TENSOR_COLUMN = "tensor"
 ERROR_COLUMN = "error"
 HEIGHT_COLUMN = "height"
 WIDTH_COLUMN = "width"
+WARNING_COLUMN = "warning"
+GEOMETRY_COLUMN = "geometry"
 SPEC_METADATA_KEY = b"pixelfeed.spec"
+DTYPE_METADATA_KEY = b"pixelfeed.dtype"
 EXTENSION_NAME = "arrow.fixed_shape_tensor"
 
 BatchLike = Union[pa.RecordBatch, pa.Table]
@@ -152,6 +171,40 @@ def tensors(data: Union[BatchLike, ColumnLike]) -> np.ndarray:
     return out
 
 
+def tensor_dtype(data: Union[BatchLike, pa.Schema]) -> str:
+    """Return the spec dtype of the tensor column: ``float32``, ``float16``, ``bfloat16`` or ``uint8``.
+
+    Read from the tensor field's ``pixelfeed.dtype`` metadata; it matters for
+    ``bfloat16``, whose values arrive as ``uint16`` bits.
+    """
+    schema = data if isinstance(data, pa.Schema) else data.schema
+    md = schema.field(TENSOR_COLUMN).metadata or {}
+    raw = md.get(DTYPE_METADATA_KEY)
+    if raw is not None:
+        return raw.decode()
+    typ = schema.field(TENSOR_COLUMN).type
+    storage = typ.storage_type if isinstance(typ, pa.BaseExtensionType) else typ
+    return str(storage.value_type)
+
+
+def tensors_bf16(data: BatchLike) -> np.ndarray:
+    """Return a ``bfloat16`` batch's tensors as a zero-copy ``ml_dtypes.bfloat16`` array.
+
+    NumPy has no bfloat16; ``ml_dtypes`` (installed with JAX) provides it, and
+    ``jnp.asarray`` takes the result directly. Without ``ml_dtypes``, use
+    :func:`tensors` (``uint16`` bits) or :func:`pixelfeed.torch.to_torch`
+    (a ``torch.bfloat16`` tensor).
+    """
+    dtype = tensor_dtype(data)
+    if dtype != "bfloat16":
+        raise TypeError(f"the tensor column holds {dtype}, not bfloat16")
+    try:
+        import ml_dtypes
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("tensors_bf16 needs the ml_dtypes package (pip install ml_dtypes)") from exc
+    return tensors(data).view(ml_dtypes.bfloat16)
+
+
 def errors(data: Union[BatchLike, ColumnLike]) -> List[Optional[str]]:
     """Return the ``error`` column as a list: ``None`` for good rows, the message otherwise."""
     if isinstance(data, (pa.RecordBatch, pa.Table)):
@@ -178,6 +231,34 @@ def valid(data: Union[BatchLike, ColumnLike]) -> np.ndarray:
     col = _column(data, TENSOR_COLUMN)
     storage = col.storage if isinstance(col, pa.ExtensionArray) else col
     return storage.is_valid().to_numpy(zero_copy_only=False).astype(bool)
+
+
+def warnings(data: BatchLike) -> List[Optional[str]]:
+    """Return the ``warning`` column as a list: ``None`` unless the row decoded only with recovery."""
+    return _column(data, WARNING_COLUMN).to_pylist()
+
+
+def geometry(data: BatchLike) -> Dict[str, np.ndarray]:
+    """Return the ``geometry`` struct as a dict of NumPy arrays, one entry per row.
+
+    Keys: ``orientation`` (EXIF value applied, 1 = none), ``flipped_horizontal``,
+    ``flipped_vertical``, ``scale_y``, ``scale_x`` (output pixels per source
+    pixel), ``box_top``, ``box_left``, ``box_height``, ``box_width`` (the source
+    region, after EXIF orientation, that the whole output covers). Output pixel
+    centre ``(y + .5, x + .5)`` maps to source
+    ``(box_top + (y + .5) / scale_y, box_left + (x + .5) / scale_x)`` (before the
+    flips, which mirror the output). Failed rows read NaN in the float fields.
+    """
+    col = _column(data, GEOMETRY_COLUMN)
+    valid_rows = col.is_valid().to_numpy(zero_copy_only=False).astype(bool)
+    out: Dict[str, np.ndarray] = {}
+    for i in range(col.type.num_fields):
+        name = col.type.field(i).name
+        values = col.field(i).to_numpy(zero_copy_only=False)
+        if values.dtype.kind == "f":
+            values = np.where(valid_rows, values, np.nan)
+        out[name] = values
+    return out
 
 
 def heights(data: BatchLike) -> np.ndarray:

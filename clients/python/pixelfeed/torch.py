@@ -25,6 +25,7 @@ from __future__ import annotations
 import warnings
 from typing import Iterable, Iterator, List, Optional, Tuple, Union
 
+import numpy as np
 import pyarrow as pa
 
 try:
@@ -32,7 +33,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised where torch is absent
     raise ImportError("pixelfeed.torch needs PyTorch: pip install torch") from exc
 
-from .arrays import tensors, valid
+from .arrays import tensor_dtype, tensors, valid
 
 __all__ = ["to_torch", "TorchLoader"]
 
@@ -48,14 +49,21 @@ def to_torch(batch: Union[pa.RecordBatch, pa.Table]) -> "torch.Tensor":
     """Return the batch's tensors as a CPU ``torch.Tensor`` of shape ``(N, *shape)``, zero-copy.
 
     The tensor aliases the Arrow buffer (read-only memory): treat it as
-    read-only, or ``.clone()`` it before in-place operations.
+    read-only, or ``.clone()`` it before in-place operations. A ``bfloat16``
+    spec gives a ``torch.bfloat16`` tensor (the ``uint16`` bits reinterpreted,
+    still zero-copy).
     """
     view = tensors(batch)
+    bf16 = tensor_dtype(batch) == "bfloat16"
+    if bf16:
+        # torch.from_numpy has no uint16 before torch 2.3; int16 has the same bits.
+        view = view.view(np.int16)
     with warnings.catch_warnings():
         # Arrow buffers are immutable, so NumPy marks the view read-only and
         # torch warns that it cannot enforce that. Sharing is the point here.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(view)
+        out = torch.from_numpy(view)
+    return out.view(torch.bfloat16) if bf16 else out
 
 
 class TorchLoader:

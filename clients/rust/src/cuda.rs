@@ -22,14 +22,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow_array::types::{Float32Type, UInt8Type};
+use arrow_array::types::{Float16Type, Float32Type, UInt16Type, UInt8Type};
 use arrow_array::{cast::AsArray, Array, RecordBatch};
 use arrow_schema::DataType;
 use cudarc::driver::{
     result as cuda_result, sys as cusys, CudaContext, CudaEvent, CudaSlice, CudaStream,
     DevicePtrMut, DriverError, PinnedHostSlice,
 };
-use pixelfeed_schema::{columns, FixedShapeTensorMetadata};
+use pixelfeed_schema::{columns, FixedShapeTensorMetadata, DTYPE_METADATA_KEY};
 
 /// Why an upload could not happen.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +50,10 @@ pub enum UploadError {
 pub enum DeviceDType {
     /// 32-bit float.
     Float32,
+    /// IEEE half precision.
+    Float16,
+    /// bfloat16 (uint16 bits on the wire, marked `pixelfeed.dtype: bfloat16`).
+    BFloat16,
     /// 8-bit unsigned integer.
     UInt8,
 }
@@ -59,6 +63,7 @@ impl DeviceDType {
     pub fn size(self) -> usize {
         match self {
             DeviceDType::Float32 => 4,
+            DeviceDType::Float16 | DeviceDType::BFloat16 => 2,
             DeviceDType::UInt8 => 1,
         }
     }
@@ -255,6 +260,13 @@ impl<'a> HostTensor<'a> {
         let per_row = list.value_length() as usize;
         let dtype = match list.value_type() {
             DataType::Float32 => DeviceDType::Float32,
+            DataType::Float16 => DeviceDType::Float16,
+            DataType::UInt16
+                if field.metadata().get(DTYPE_METADATA_KEY).map(String::as_str)
+                    == Some("bfloat16") =>
+            {
+                DeviceDType::BFloat16
+            }
             DataType::UInt8 => DeviceDType::UInt8,
             other => return Err(bad(format!("unsupported element type {other}"))),
         };
@@ -264,6 +276,8 @@ impl<'a> HostTensor<'a> {
         let values = list.values();
         let buffer = match dtype {
             DeviceDType::Float32 => values.as_primitive::<Float32Type>().values().inner(),
+            DeviceDType::Float16 => values.as_primitive::<Float16Type>().values().inner(),
+            DeviceDType::BFloat16 => values.as_primitive::<UInt16Type>().values().inner(),
             DeviceDType::UInt8 => values.as_primitive::<UInt8Type>().values().inner(),
         };
         let len = rows * per_row * dtype.size();

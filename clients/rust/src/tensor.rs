@@ -1,10 +1,12 @@
 //! Typed access to the tensors in an output batch.
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Float32Type, UInt32Type, UInt8Type};
+use arrow_array::types::{Float16Type, Float32Type, UInt16Type, UInt32Type, UInt8Type};
 use arrow_array::{Array, FixedSizeListArray, PrimitiveArray, RecordBatch, StringArray};
 use arrow_schema::DataType;
-use pixelfeed_schema::{columns, FixedShapeTensorMetadata};
+use half::slice::HalfBitsSliceExt;
+use half::{bf16, f16};
+use pixelfeed_schema::{columns, FixedShapeTensorMetadata, DTYPE_METADATA_KEY};
 
 use crate::ClientError;
 
@@ -19,7 +21,10 @@ use crate::ClientError;
 pub struct TensorBatch {
     tensor: FixedSizeListArray,
     metadata: FixedShapeTensorMetadata,
+    /// The spec's dtype name from the field metadata (`bfloat16` travels as uint16).
+    dtype: Option<String>,
     errors: Option<StringArray>,
+    warnings: Option<StringArray>,
     heights: Option<PrimitiveArray<UInt32Type>>,
     widths: Option<PrimitiveArray<UInt32Type>>,
 }
@@ -50,15 +55,20 @@ impl TryFrom<&RecordBatch> for TensorBatch {
                 tensor.value_length()
             )));
         }
-        if !matches!(tensor.value_type(), DataType::Float32 | DataType::UInt8) {
+        if !matches!(
+            tensor.value_type(),
+            DataType::Float32 | DataType::Float16 | DataType::UInt16 | DataType::UInt8
+        ) {
             return Err(bad(format!(
-                "tensor elements are {}, expected float32 or uint8",
+                "tensor elements are {}, expected float32, float16, uint16 (bfloat16) or uint8",
                 tensor.value_type()
             )));
         }
         let column = |name: &str| batch.column_by_name(name);
         Ok(Self {
+            dtype: field.metadata().get(DTYPE_METADATA_KEY).cloned(),
             errors: column(columns::ERROR).and_then(|c| c.as_string_opt::<i32>().cloned()),
+            warnings: column(columns::WARNING).and_then(|c| c.as_string_opt::<i32>().cloned()),
             heights: column(columns::HEIGHT).and_then(|c| c.as_primitive_opt().cloned()),
             widths: column(columns::WIDTH).and_then(|c| c.as_primitive_opt().cloned()),
             tensor,
@@ -110,6 +120,27 @@ impl TensorBatch {
         self.values::<UInt8Type>()
     }
 
+    /// All rows' elements when the spec's dtype is float16. Failed rows are zero-filled.
+    pub fn as_f16(&self) -> Option<&[f16]> {
+        self.values::<Float16Type>()
+    }
+
+    /// All rows' elements when the spec's dtype is bfloat16 (carried as
+    /// uint16 bits and marked `pixelfeed.dtype: bfloat16`), reinterpreted
+    /// without a copy. Failed rows are zero-filled.
+    pub fn as_bf16(&self) -> Option<&[bf16]> {
+        if self.dtype.as_deref() != Some("bfloat16") {
+            return None;
+        }
+        Some(self.values::<UInt16Type>()?.reinterpret_cast::<bf16>())
+    }
+
+    /// The spec's dtype name (`float32`, `float16`, `bfloat16`, `uint8`), from
+    /// the tensor field's `pixelfeed.dtype` metadata.
+    pub fn dtype(&self) -> Option<&str> {
+        self.dtype.as_deref()
+    }
+
     /// Row `i`'s float32 tensor; `None` when out of range, when the row
     /// failed, or when the elements are not float32.
     pub fn row_f32(&self, i: usize) -> Option<&[f32]> {
@@ -131,6 +162,13 @@ impl TensorBatch {
     pub fn error(&self, i: usize) -> Option<&str> {
         let errors = self.errors.as_ref()?;
         (i < errors.len() && errors.is_valid(i)).then(|| errors.value(i))
+    }
+
+    /// Why row `i`'s pixels may be imperfect (it decoded only with
+    /// recovery under `strict: false`), or `None`.
+    pub fn warning(&self, i: usize) -> Option<&str> {
+        let warnings = self.warnings.as_ref()?;
+        (i < warnings.len() && warnings.is_valid(i)).then(|| warnings.value(i))
     }
 
     /// Row `i`'s source image `(height, width)` after EXIF orientation,

@@ -190,7 +190,10 @@ async fn several_batches_keep_order_counts_and_passthrough_columns() {
     for batch in &out {
         let schema = batch.schema();
         let names: Vec<_> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-        assert_eq!(names, ["id", "label", "tensor", "error", "height", "width"]);
+        assert_eq!(
+            names,
+            ["id", "label", "tensor", "error", "height", "width", "warning", "geometry"]
+        );
         assert_eq!(schema.field(0).data_type(), &DataType::Int64);
         assert_eq!(schema.field(1).data_type(), &DataType::Utf8);
         let ids = batch.column(0).as_primitive::<Int64Type>();
@@ -272,9 +275,10 @@ async fn input_batch_over_4_mib_is_accepted() {
 
 #[tokio::test]
 async fn small_message_target_splits_batches_but_keeps_every_row_in_order() {
-    // About two 4608-byte rows per message.
+    // About two 4608-byte rows per message (plus ~100 bytes a row of the
+    // other columns: id, label, error, height/width, warning, geometry).
     let config = ServerConfig::default().with_service(
-        ServiceConfig::default().with_target_message_bytes(2 * SMALL_ROW_BYTES + 100),
+        ServiceConfig::default().with_target_message_bytes(2 * SMALL_ROW_BYTES + 400),
     );
     let (_server, client) = start(config).await;
     let good = hopper();
@@ -526,4 +530,43 @@ async fn slow_reader_stalls_its_own_producer() {
     all.extend(out.try_collect::<Vec<_>>().await.unwrap());
     assert_eq!(ids(&all), (0..BATCHES).collect::<Vec<_>>());
     assert_eq!(counter.0.load(Ordering::SeqCst), BATCHES as usize);
+}
+
+#[tokio::test]
+async fn half_precision_tensors_are_the_rounded_float32_values() {
+    let (_server, client) = start_default().await;
+    let image = hopper();
+    let images = [Some(image.as_slice())];
+    let spec = |dtype: &str| format!(r#"{{"preset":"imagenet","dtype":"{dtype}"}}"#);
+    let full = run(&client, &spec("float32"), vec![input_batch(0, &images)])
+        .await
+        .unwrap();
+    let full = TensorBatch::try_from(&only(&full)).unwrap();
+    let reference = full.as_f32().unwrap();
+    assert_eq!(full.dtype(), Some("float32"));
+
+    let half = run(&client, &spec("float16"), vec![input_batch(0, &images)])
+        .await
+        .unwrap();
+    let half = TensorBatch::try_from(&only(&half)).unwrap();
+    assert_eq!(half.dtype(), Some("float16"));
+    let values = half.as_f16().expect("float16 values");
+    assert!(half.as_bf16().is_none());
+    assert_eq!(values.len(), reference.len());
+    assert!(values
+        .iter()
+        .zip(reference)
+        .all(|(h, f)| *h == half::f16::from_f32(*f)));
+
+    let brain = run(&client, &spec("bfloat16"), vec![input_batch(0, &images)])
+        .await
+        .unwrap();
+    let brain = TensorBatch::try_from(&only(&brain)).unwrap();
+    assert_eq!(brain.dtype(), Some("bfloat16"));
+    let values = brain.as_bf16().expect("bfloat16 values");
+    assert!(values
+        .iter()
+        .zip(reference)
+        .all(|(b, f)| *b == half::bf16::from_f32(*f)));
+    assert!(brain.warning(0).is_none());
 }

@@ -280,7 +280,10 @@ fn run(
             progress.warning = jpeg::finish_stream(data, &header, &mut s.encoded, strict)?;
             let (channels, warning) =
                 jpeg::decode(&s.encoded, &header, ctx.max_side, &mut s.decoded, strict)?;
-            progress.warning = progress.warning.take().or(warning);
+            progress.warning = match (warning, progress.warning.take()) {
+                (Some(decode), Some(stream)) => Some(format!("{decode}; {stream}")),
+                (decode, stream) => decode.or(stream),
+            };
             (header.width, header.height, channels, orient, plan)
         }
         Sniffed::Png => {

@@ -192,12 +192,15 @@ impl RowAt {
             Layout::Hwc => {
                 let dst = &mut out[y * w * c * E..(y + 1) * w * c * E];
                 if E == 1 {
-                    // Bytes as they are: one copy.
+                    // Only `Values::Bytes` has 1-byte elements, and its
+                    // value is the byte itself: one copy.
                     dst.copy_from_slice(pixels);
                     return;
                 }
-                for (i, (d, &v)) in dst.chunks_exact_mut(E).zip(pixels).enumerate() {
-                    d.copy_from_slice(&value(i % c, v));
+                for (out_px, px) in dst.chunks_exact_mut(E * c).zip(pixels.chunks_exact(c)) {
+                    for (ch, (d, &v)) in out_px.chunks_exact_mut(E).zip(px).enumerate() {
+                        d.copy_from_slice(&value(ch, v));
+                    }
                 }
             }
             Layout::Chw => {
