@@ -76,3 +76,18 @@ def test_torch_loader_regroups_message_pieces_into_full_batches(client):
         assert [b.num_rows for _, b in got] == [4, 4, 2]
         np.testing.assert_array_equal(torch.cat([x.cpu() for x, _ in got]).numpy(), expected)
         assert pixelfeed.errors(got[-1][1])[-1] is not None, "row metadata must follow its tensor"
+
+
+def test_torch_bfloat16_is_torchs_own_rounding(client):
+    """A bfloat16 spec gives a torch.bfloat16 tensor equal to torch's rounding of the float32 output."""
+    torch = pytest.importorskip("torch", reason="PyTorch not installed: pixelfeed.torch untested here (run tests/gpu/run.sh)")
+    from pixelfeed.torch import to_torch
+
+    images = [(DATA / "pillow_hopper.jpg").read_bytes()] * 2
+    f32 = next(iter(client.preprocess(images, spec=SMALL)))
+    bf16 = next(iter(client.preprocess(images, spec=dict(SMALL, dtype="bfloat16"))))
+    x = to_torch(bf16)
+    assert x.dtype == torch.bfloat16 and tuple(x.shape) == (2, 3, 24, 32)
+    assert x.data_ptr() == _ptr(pixelfeed.tensors(bf16)), "bfloat16 view must stay zero-copy"
+    want = to_torch(f32).to(torch.bfloat16)
+    assert torch.equal(x, want)
