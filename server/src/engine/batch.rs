@@ -647,4 +647,38 @@ mod tests {
         assert_eq!(errors(&out), vec![None; 7]);
         assert_eq!(row_u8(&out, 1).len(), 224 * 224);
     }
+
+    mod properties {
+        use super::*;
+        use crate::engine::geometry::tests::properties::any_spec;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(48))]
+
+            /// Whatever a valid spec asks, real images come out as good rows
+            /// of the declared size (no panic, no error, no short slot).
+            #[test]
+            fn any_valid_spec_processes_real_images(value in any_spec(), seed in any::<u64>()) {
+                // Specs the validator refuses are out of scope (proptest
+                // fails the test if it has to reject too many).
+                let parsed = TransformSpec::from_value(&value);
+                prop_assume!(parsed.is_ok());
+                let mut spec = parsed.unwrap();
+                spec.seed = seed;
+                spec.dtype = DType::UInt8;
+                let batch = batch_of(&[
+                    Some(image("pillow_hopper.jpg")),
+                    Some(image("pillow_hopper_orientation_6.jpg")),
+                    Some(image("coffee_palette16_trns.png")),
+                ]);
+                let out = run(&batch, &spec);
+                prop_assert_eq!(out.num_rows(), 3);
+                prop_assert_eq!(errors(&out), vec![None, None, None]);
+                for i in 0..3 {
+                    prop_assert_eq!(row_u8(&out, i).len(), spec.row_bytes());
+                }
+            }
+        }
+    }
 }

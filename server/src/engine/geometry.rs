@@ -384,7 +384,7 @@ pub(crate) fn plan(spec: &TransformSpec, height: u32, width: u32, key: u64) -> P
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
@@ -585,5 +585,108 @@ mod tests {
                 width: 48
             }
         );
+    }
+
+    pub(crate) mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use serde_json::Value;
+
+        /// Any spec that validates: every resize mode, every crop mode, flips.
+        pub(crate) fn any_spec() -> impl Strategy<Value = Value> {
+            let side = 1u32..300;
+            let resize = prop_oneof![
+                side.clone()
+                    .prop_map(|s| json!({"mode": "shorter_side", "size": s})),
+                side.clone()
+                    .prop_map(|s| json!({"mode": "longer_side", "size": s})),
+                (side.clone(), side.clone())
+                    .prop_map(|(h, w)| json!({"mode": "exact", "height": h, "width": w})),
+                (side.clone(), side.clone(), 0u8..=255).prop_map(
+                    |(h, w, p)| json!({"mode": "fit", "height": h, "width": w, "pad_value": p})
+                ),
+                Just(json!({"mode": "none"})),
+            ];
+            let crop = prop_oneof![
+                Just(Value::Null),
+                (side.clone(), side.clone())
+                    .prop_map(|(h, w)| json!({"mode": "center", "height": h, "width": w})),
+                (-500i32..500, -500i32..500, side.clone(), side.clone()).prop_map(
+                    |(t, l, h, w)| json!({"mode": "box", "top": t, "left": l, "height": h, "width": w})
+                ),
+            ];
+            let rrc = (
+                side.clone(),
+                side,
+                0.01f64..1.0,
+                0.0f64..1.0,
+                0.1f64..3.0,
+                1.0f64..4.0,
+            )
+                .prop_map(|(h, w, s0, s1, r0, r1)| {
+                    json!({"mode": "random_resized_crop", "height": h, "width": w,
+                           "scale": [s0, s0 + (1.0 - s0) * s1], "ratio": [r0, r0 * r1]})
+                });
+            let flip = (0.0f64..=1.0, 0.0f64..=1.0);
+            prop_oneof![
+                (resize, crop).prop_map(|(r, c)| json!({"resize": r, "crop": c})),
+                rrc.prop_map(|c| json!({"resize": {"mode": "none"}, "crop": c})),
+            ]
+            .prop_flat_map(move |v| {
+                flip.clone().prop_map(move |(h, w)| {
+                    let mut v = v.clone();
+                    v["flip"] = json!({"horizontal_p": h, "vertical_p": w});
+                    v
+                })
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn plans_fit_their_image_and_declared_shape(
+                value in any_spec(),
+                height in 1u32..3000,
+                width in 1u32..3000,
+                key in any::<u64>(),
+            ) {
+                // Specs the validator refuses (crop larger than a fixed
+                // resize, no crop for a variable size) are out of scope.
+                let parsed = TransformSpec::from_value(&value);
+                prop_assume!(parsed.is_ok());
+                let spec = parsed.unwrap();
+                let p = plan(&spec, height, width, key);
+                // The output window is exactly the declared output size.
+                prop_assert_eq!((p.window.height, p.window.width), spec.output_size());
+                // The resized region lies inside the source image.
+                let s = p.source;
+                prop_assert!(s.height >= 1 && s.width >= 1);
+                prop_assert!(s.top + s.height <= height && s.left + s.width <= width);
+                prop_assert!(p.resized.0 >= 1 && p.resized.1 >= 1);
+                match spec.resize {
+                    Resize::Fit { height: h, width: w, .. } => {
+                        prop_assert!(p.resized.0 <= h && p.resized.1 <= w);
+                        prop_assert!(p.resized.0 == h || p.resized.1 == w);
+                    }
+                    Resize::None if !matches!(spec.crop, Some(Crop::RandomResized { .. })) => {
+                        prop_assert_eq!(p.resized, (height, width));
+                    }
+                    _ => {}
+                }
+                // Centre crops that fit sit inside the resized image.
+                if let Some(Crop::Center { height: ch, width: cw }) = spec.crop {
+                    if ch <= p.resized.0 && cw <= p.resized.1 && !matches!(spec.resize, Resize::Fit { .. }) {
+                        prop_assert!(p.window.top >= 0 && p.window.left >= 0);
+                        prop_assert!(p.window.top + i64::from(ch) <= i64::from(p.resized.0));
+                        prop_assert!(p.window.left + i64::from(cw) <= i64::from(p.resized.1));
+                    }
+                }
+                // The mapping is finite and positive in scale.
+                let m = p.mapping();
+                prop_assert!(m.scale_x > 0.0 && m.scale_y > 0.0);
+                prop_assert!(m.box_top.is_finite() && m.box_width.is_finite());
+                // Same key, same plan.
+                prop_assert_eq!(p, plan(&spec, height, width, key));
+            }
+        }
     }
 }
