@@ -46,10 +46,12 @@ Rows are never dropped or duplicated: a bad image comes back as a row with a
 null ``tensor`` and an ``error`` text (never an exception), and the output
 table of a batch is built only once the server returned every row, so Ray's
 task or actor retries re-run whole batches. The output tensor column is the
-canonical ``arrow.fixed_shape_tensor`` extension type, which Ray Data (>= 2.40
-with pyarrow >= 16) treats as its own tensor type: ``iter_batches(
-batch_format="numpy")`` gives ``(N, *shape)`` arrays and ``iter_torch_batches``
-torch tensors, *once the error rows are gone* — Arrow refuses to turn a tensor
+canonical ``arrow.fixed_shape_tensor`` extension type as the server sent it
+(no conversion, no copy): Ray Data >= 2.50 with pyarrow >= 16 treats it as one
+of its tensor types (ray-project/ray#56284; older Ray could not even move it
+through the object store, ray-project/ray#51959, hence the version floor), so
+``iter_batches(batch_format="numpy")`` gives ``(N, *shape)`` arrays and
+``iter_torch_batches`` torch tensors, *once the error rows are gone* — Arrow refuses to turn a tensor
 column holding nulls into one ndarray, and Ray refuses to turn the string
 ``error`` column into a torch tensor. :func:`drop_errors` removes both;
 :func:`errors_only` keeps just the failures for a report.
