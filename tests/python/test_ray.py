@@ -106,7 +106,8 @@ def servers():
 @pytest.fixture(scope="module")
 def local_ray():
     """``ray.init(num_cpus=2)`` for this module, shut down after it."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # A small object store: the test moves a few MB, and CI boxes are shared.
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=256 << 20)
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         yield ray
@@ -217,6 +218,16 @@ def test_failover_to_next_server(servers, local_ray, direct):
     out = p(batch)
     assert p.location == servers[1].location
     _assert_same(_by_name(out), direct)
+
+
+def test_empty_batch_keeps_output_columns(servers, local_ray):
+    """A 0-row batch (e.g. after a filter) gets the server's output columns, 0 rows."""
+    p = pfray.Preprocessor([servers[0].location], SPEC, image_column="bytes")
+    out = p(pa.table({"id": pa.array([], pa.int64()), "bytes": pa.array([], pa.binary())}))
+    assert out.num_rows == 0
+    assert out.column_names[0] == "id" and {"tensor", "error"} <= set(out.column_names)
+    assert isinstance(out.schema.field("tensor").type, pa.FixedShapeTensorType)
+    assert out.schema.field("tensor").type.shape == [224, 224, 3]
 
 
 def test_drop_errors_then_numpy_batches(servers, local_ray, direct):

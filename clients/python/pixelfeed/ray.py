@@ -107,7 +107,9 @@ _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 # -- locations -------------------------------------------------------------------------
 
 
-def parse_locations(value: Union[None, str, Sequence[str]] = None, env: Optional[Mapping[str, str]] = None) -> List[str]:
+def parse_locations(
+    value: Union[None, str, Sequence[str]] = None, env: Optional[Mapping[str, str]] = None
+) -> List[str]:
     """Normalise a location list: ``None`` reads ``$PIXELFEED_LOCATIONS``.
 
     A string is split on commas and whitespace; ``host:port`` becomes
@@ -150,7 +152,9 @@ def _resolve(host: str) -> List[str]:
     return sorted({info[4][0] for info in infos})
 
 
-def expand_locations(locations: Sequence[str], resolve: Callable[[str], List[str]] = _resolve) -> List["tuple[str, Optional[str]]"]:
+def expand_locations(
+    locations: Sequence[str], resolve: Callable[[str], List[str]] = _resolve
+) -> List["tuple[str, Optional[str]]"]:
     """Expand names into one location per address: ``[(location, tls_hostname)]``.
 
     A headless Service name resolves to every ready pod, so this is the
@@ -292,6 +296,7 @@ class Preprocessor:
         self.candidates = choose_locations([loc for loc, _ in expanded], node_ip, self.index)
         self._lock = threading.Lock()
         self._client: Optional[Client] = None
+        self._empty: Optional[pa.Table] = None
         self._current = 0
         self._connect(0)
 
@@ -326,7 +331,14 @@ class Preprocessor:
         rest = batch.drop_columns([self.image_column])
         images = pa.table({IMAGE_COLUMN: batch.column(self.image_column)})
         with self._lock:  # an actor may run calls concurrently (max_concurrency)
-            out = self._send(images)
+            if images.num_rows == 0:
+                # Nothing to stream, but the output must still have the
+                # server's columns: learn them once from a one-row call.
+                if self._empty is None:
+                    self._empty = self._send(pa.table({IMAGE_COLUMN: pa.array([None], pa.binary())})).slice(0, 0)
+                out = self._empty
+            else:
+                out = self._send(images)
         clash = set(rest.column_names) & set(out.column_names)
         if clash:
             raise ValueError(f"input columns {sorted(clash)} collide with pixelfeed's output columns; rename them")
@@ -520,7 +532,9 @@ class PixelfeedDatasource(Datasource):
         return f"Pixelfeed({self.dataset})"
 
 
-def _bind_read(ticket: bytes, locations: List[str], timeout: Optional[float], connect_kwargs: Dict[str, Any]) -> Callable[[], Iterable[pa.Table]]:
+def _bind_read(
+    ticket: bytes, locations: List[str], timeout: Optional[float], connect_kwargs: Dict[str, Any]
+) -> Callable[[], Iterable[pa.Table]]:
     """A picklable zero-argument read function for one endpoint."""
 
     def read() -> Iterable[pa.Table]:
