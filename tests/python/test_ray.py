@@ -235,7 +235,8 @@ def test_drop_errors_then_numpy_batches(servers, local_ray, direct):
     files = _files()
     table = pa.table({"name": [f.name for f in files], "image": [f.read_bytes() for f in files]})
     ds = ray.data.from_arrow([table.slice(0, 9), table.slice(9)])  # two blocks, one per actor
-    ds = pfray.preprocess(ds, [s.location for s in servers], SPEC, batch_size=5)
+    # materialize(): both views below read one run of the pipeline.
+    ds = pfray.preprocess(ds, [s.location for s in servers], SPEC, batch_size=5).materialize()
     good = pfray.drop_errors(ds).drop_columns(["name"])
     bad = _collect(pfray.errors_only(ds))
     want_bad = sorted(n for n, (_, e) in direct.items() if e)

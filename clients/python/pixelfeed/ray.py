@@ -60,6 +60,7 @@ column holding nulls into one ndarray, and Ray refuses to turn the string
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import zlib
@@ -116,8 +117,6 @@ def parse_locations(
     ``grpc://host:port``. Order is kept and duplicates removed. Raises
     ``ValueError`` when nothing is left, naming where it looked.
     """
-    import os
-
     source = "the locations argument"
     if value is None:
         value = (env if env is not None else os.environ).get(LOCATIONS_ENV, "")
