@@ -75,8 +75,8 @@ class ServerHandle:
         raise KeyError(key)
 
 
-def _start_server() -> ServerHandle:
-    """Start the binary on 127.0.0.1:0 and wait for its listening line."""
+def _start_server(*extra_args: str) -> ServerHandle:
+    """Start the binary on 127.0.0.1:0 (plus ``extra_args``) and wait for its listening line."""
     binary = server_binary()
     if not binary.exists():
         pytest.fail(
@@ -87,7 +87,7 @@ def _start_server() -> ServerHandle:
     env = dict(os.environ)
     env.setdefault("RUST_LOG", "warn")
     proc = subprocess.Popen(
-        [str(binary), "serve", "--listen", "127.0.0.1:0"],
+        [str(binary), "serve", "--listen", "127.0.0.1:0", *extra_args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -134,13 +134,18 @@ def server():
     try:
         yield handle
     finally:
-        if handle.proc.poll() is None:
-            handle.proc.terminate()
-            try:
-                handle.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                handle.proc.kill()
-                handle.proc.wait()
+        _stop_server(handle)
+
+
+def _stop_server(handle: ServerHandle) -> None:
+    """SIGTERM the server, SIGKILL it if it has not exited after 10 s."""
+    if handle.proc.poll() is None:
+        handle.proc.terminate()
+        try:
+            handle.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            handle.proc.kill()
+            handle.proc.wait()
 
 
 @pytest.fixture
