@@ -243,7 +243,10 @@ def test_drop_errors_then_numpy_batches(servers, local_ray, direct):
     assert sorted(bad.column("name").to_pylist()) == want_bad
     seen = []
     for b in good.iter_batches(batch_format="numpy", batch_size=8):
-        assert set(b) == {"tensor", "height", "width"}
+        geometry = {f"geometry_{n}" for n in ["orientation", "flipped_horizontal", "flipped_vertical", "scale_y",
+                                                "scale_x", "box_top", "box_left", "box_height", "box_width"]}
+        assert set(b) == {"tensor", "height", "width"} | geometry
+        assert b["geometry_scale_x"].dtype == np.float64
         assert b["tensor"].dtype == np.uint8 and b["tensor"].shape[1:] == (224, 224, 3)
         seen.extend(b["tensor"])
     want = [x for _, (x, e) in sorted(direct.items()) if e is None]

@@ -71,6 +71,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.flight as flight
 
+from .arrays import ERROR_COLUMN, GEOMETRY_COLUMN, WARNING_COLUMN
 from .client import IMAGE_COLUMN, Client, SpecLike, connect, encode_spec
 
 try:
@@ -94,9 +95,6 @@ __all__ = [
 
 #: Environment variable read when no ``locations`` argument is given.
 LOCATIONS_ENV = "PIXELFEED_LOCATIONS"
-
-#: The server's per-row error column (null for rows that decoded).
-ERROR_COLUMN = "error"
 
 #: Flight errors after which the same batch is worth sending to another server:
 #: the server is gone or overloaded, not the request wrong.
@@ -410,8 +408,22 @@ def preprocess(
 
 
 def _valid_rows(table: pa.Table) -> pa.Table:
-    """Rows whose ``error`` is null, without the ``error`` column."""
-    return table.filter(pc.is_null(table.column(ERROR_COLUMN))).drop_columns([ERROR_COLUMN])
+    """Rows whose ``error`` is null, ready for numpy/torch batches.
+
+    Drops the ``error`` and ``warning`` text columns and flattens the
+    ``geometry`` struct into numeric ``geometry_<field>`` columns (Ray cannot
+    turn strings or structs into tensors).
+    """
+    table = table.filter(pc.is_null(table.column(ERROR_COLUMN)))
+    table = table.drop_columns([c for c in (ERROR_COLUMN, WARNING_COLUMN) if c in table.column_names])
+    if GEOMETRY_COLUMN in table.column_names:
+        at = table.column_names.index(GEOMETRY_COLUMN)
+        geometry = table.column(GEOMETRY_COLUMN)
+        table = table.remove_column(at)
+        for k in range(geometry.type.num_fields):
+            name = f"{GEOMETRY_COLUMN}_{geometry.type.field(k).name}"
+            table = table.add_column(at + k, name, pc.struct_field(geometry, [k]))
+    return table
 
 
 def _error_rows(table: pa.Table) -> pa.Table:
@@ -420,7 +432,7 @@ def _error_rows(table: pa.Table) -> pa.Table:
 
 
 def drop_errors(ds: "ray.data.Dataset") -> "ray.data.Dataset":
-    """Keep the rows that decoded, and drop the (then all-null) ``error`` column.
+    """Keep the rows that decoded; drop ``error``/``warning``, flatten ``geometry`` to ``geometry_*`` columns.
 
     Needed before ``iter_torch_batches``/numpy batches: a tensor column with
     nulls cannot become one ndarray, and a string column cannot become a torch
