@@ -142,3 +142,76 @@ async fn a_stalled_call_hits_its_deadline_and_releases_everything() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn a_message_over_max_message_bytes_is_resource_exhausted() {
+    let config = ServerConfig::default().with_max_message_bytes(64 << 10);
+    let (_server, client) = start(config, ClientOptions::default()).await;
+    let images = bundled_images();
+    let big = images
+        .iter()
+        .find(|i| i.len() > 64 << 10)
+        .expect("a bundled image over 64 KiB");
+    let small = images
+        .iter()
+        .find(|i| i.len() < 16 << 10)
+        .expect("a bundled image under 16 KiB");
+    let ok = client.preprocess([small], SMALL, 1).await.unwrap();
+    assert_eq!(ok[0].num_rows(), 1);
+    let err = client.preprocess([big], SMALL, 1).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::ResourceExhausted), "{err}");
+    assert!(err.to_string().contains("max-message-bytes"), "{err}");
+}
+
+#[tokio::test]
+async fn engine_limits_turn_rows_into_errors_not_failed_calls() {
+    use pixelfeed_server::engine::EngineConfig;
+    let images = bundled_images();
+    let base = EngineConfig::default();
+    for (engine, needle) in [
+        (
+            EngineConfig {
+                max_encoded_bytes: 16 << 10,
+                ..base
+            },
+            "byte limit",
+        ),
+        (
+            EngineConfig {
+                max_pixels: 40_000,
+                ..base
+            },
+            "Mpx limit",
+        ),
+        (
+            EngineConfig {
+                max_aspect_ratio: 1.05,
+                ..base
+            },
+            "aspect ratio",
+        ),
+    ] {
+        let service = ServiceConfig::default().with_engine(engine);
+        let (_server, client) = start(
+            ServerConfig::default().with_service(service),
+            ClientOptions::default(),
+        )
+        .await;
+        let batches = client.preprocess(&images, SMALL, 8).await.unwrap();
+        let mut errors = Vec::new();
+        for batch in &batches {
+            let column = batch.column_by_name("error").unwrap();
+            let column = arrow_array::cast::AsArray::as_string::<i32>(column);
+            errors.extend(column.iter().map(|e| e.map(str::to_string)));
+        }
+        assert_eq!(errors.len(), images.len());
+        assert!(
+            errors.iter().flatten().any(|e| e.contains(needle)),
+            "{needle}: {errors:?}"
+        );
+        assert!(
+            errors.iter().any(Option::is_none),
+            "small images still pass: {errors:?}"
+        );
+    }
+}

@@ -305,6 +305,11 @@ fn conform(out: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, Status> 
 /// else is a message the client encoded wrongly.
 fn input_status(e: FlightError) -> Status {
     match e {
+        // tonic reports a message over the size limit as OUT_OF_RANGE; to
+        // the client it is a server limit like the others.
+        FlightError::Tonic(status) if status.code() == tonic::Code::OutOfRange => {
+            Status::resource_exhausted(format!("{} (--max-message-bytes)", status.message()))
+        }
         FlightError::Tonic(status) => *status,
         other => Status::invalid_argument(format!("could not decode the input stream: {other}")),
     }
