@@ -16,11 +16,13 @@
 pub mod spec;
 mod tensor;
 
-pub use spec::{Color, Crop, DType, Filter, Layout, Normalize, Resize, SpecError, TransformSpec};
+pub use spec::{
+    Color, Crop, DType, Filter, Flip, Layout, Normalize, Resize, SpecError, TransformSpec,
+};
 pub use tensor::{
-    image_column_index, output_schema, tensor_field, value_type, ContractError,
-    FixedShapeTensorMetadata, EXTENSION_METADATA_KEY, EXTENSION_NAME_KEY, FIXED_SHAPE_TENSOR,
-    SPEC_METADATA_KEY, VERSION_METADATA_KEY, WIRE_VERSION,
+    geometry_fields, image_column_index, output_schema, tensor_field, value_type, ContractError,
+    FixedShapeTensorMetadata, DTYPE_METADATA_KEY, EXTENSION_METADATA_KEY, EXTENSION_NAME_KEY,
+    FIXED_SHAPE_TENSOR, SPEC_METADATA_KEY, VERSION_METADATA_KEY, WIRE_VERSION,
 };
 
 /// Column names of the wire contract.
@@ -36,6 +38,15 @@ pub mod columns {
     pub const HEIGHT: &str = "height";
     /// Output: uint32 source width after EXIF orientation (null when unknown).
     pub const WIDTH: &str = "width";
+    /// Output: utf8, null unless the row decoded only with recovery (a
+    /// truncated or corrupt JPEG with `strict: false`); says what was wrong.
+    pub const WARNING: &str = "warning";
+    /// Output: struct of per-row geometry (see [`crate::geometry_fields`]);
+    /// null for failed rows.
+    pub const GEOMETRY: &str = "geometry";
+    /// Input (optional): an integer column whose value, instead of the row's
+    /// position, keys the row's random draws.
+    pub const SEED: &str = "seed";
     /// Every column name the server appends to the passthrough columns, in order.
-    pub const OUTPUT: [&str; 4] = [TENSOR, ERROR, HEIGHT, WIDTH];
+    pub const OUTPUT: [&str; 6] = [TENSOR, ERROR, HEIGHT, WIDTH, WARNING, GEOMETRY];
 }

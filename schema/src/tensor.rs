@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow_schema::{DataType, Field, Schema};
+use arrow_schema::{DataType, Field, Fields, Schema};
 use serde_json::{Map, Value};
 
 use crate::columns;
@@ -18,6 +18,10 @@ pub const EXTENSION_METADATA_KEY: &str = "ARROW:extension:metadata";
 pub const FIXED_SHAPE_TENSOR: &str = "arrow.fixed_shape_tensor";
 /// Schema metadata key holding the resolved spec JSON that produced a batch.
 pub const SPEC_METADATA_KEY: &str = "pixelfeed.spec";
+/// Tensor field metadata key naming the element type as the spec does
+/// (`float32`, `float16`, `bfloat16`, `uint8`). Needed for `bfloat16`, whose
+/// values are carried as `uint16` because Arrow has no bfloat16 type.
+pub const DTYPE_METADATA_KEY: &str = "pixelfeed.dtype";
 /// Schema metadata key holding the wire contract version.
 pub const VERSION_METADATA_KEY: &str = "pixelfeed.version";
 /// The wire contract version this crate describes.
@@ -134,6 +138,10 @@ impl FixedShapeTensorMetadata {
 pub fn value_type(dtype: DType) -> DataType {
     match dtype {
         DType::Float32 => DataType::Float32,
+        DType::Float16 => DataType::Float16,
+        // Arrow has no bfloat16: the bits travel as uint16, marked by
+        // DTYPE_METADATA_KEY on the tensor field.
+        DType::BFloat16 => DataType::UInt16,
         DType::UInt8 => DataType::UInt8,
     }
 }
@@ -161,7 +169,39 @@ pub fn tensor_field(spec: &TransformSpec) -> Field {
             FIXED_SHAPE_TENSOR.to_string(),
         ),
         (EXTENSION_METADATA_KEY.to_string(), meta.to_json()),
+        (
+            DTYPE_METADATA_KEY.to_string(),
+            spec.dtype.name().to_string(),
+        ),
     ]))
+}
+
+/// The `geometry` output struct: where each row's output came from, so
+/// boxes and masks can be mapped back to the source image. All coordinates
+/// are in pixels of the source *after* EXIF orientation.
+///
+/// - `orientation` (uint8): the EXIF orientation applied (1 = none).
+/// - `flipped_horizontal`, `flipped_vertical` (bool): the random flips drawn
+///   for the row (applied last, to the output).
+/// - `scale_y`, `scale_x` (float64): output pixels per source pixel.
+/// - `box_top`, `box_left`, `box_height`, `box_width` (float64): the source
+///   region the output's full extent covers (before flips); parts outside
+///   `0..height` × `0..width` are padding. An output pixel centre
+///   `(y + 0.5, x + 0.5)` maps to source
+///   `(box_top + (y + 0.5) / scale_y, box_left + (x + 0.5) / scale_x)`.
+pub fn geometry_fields() -> Fields {
+    let f64_field = |name: &str| Field::new(name, DataType::Float64, false);
+    Fields::from(vec![
+        Field::new("orientation", DataType::UInt8, false),
+        Field::new("flipped_horizontal", DataType::Boolean, false),
+        Field::new("flipped_vertical", DataType::Boolean, false),
+        f64_field("scale_y"),
+        f64_field("scale_x"),
+        f64_field("box_top"),
+        f64_field("box_left"),
+        f64_field("box_height"),
+        f64_field("box_width"),
+    ])
 }
 
 /// Index of the `image` column, checking its type.
@@ -177,7 +217,8 @@ pub fn image_column_index(schema: &Schema) -> Result<usize, ContractError> {
 }
 
 /// The schema of every output batch: the input's columns except `image`, in
-/// input order, then `tensor`, `error`, `height`, `width`. The schema metadata
+/// input order, then `tensor`, `error`, `height`, `width`, `warning`,
+/// `geometry` ([`geometry_fields`]). The schema metadata
 /// carries the resolved spec and the wire version.
 pub fn output_schema(input: &Schema, spec: &TransformSpec) -> Result<Schema, ContractError> {
     let image = image_column_index(input)?;
@@ -195,6 +236,12 @@ pub fn output_schema(input: &Schema, spec: &TransformSpec) -> Result<Schema, Con
     fields.push(Field::new(columns::ERROR, DataType::Utf8, true));
     fields.push(Field::new(columns::HEIGHT, DataType::UInt32, true));
     fields.push(Field::new(columns::WIDTH, DataType::UInt32, true));
+    fields.push(Field::new(columns::WARNING, DataType::Utf8, true));
+    fields.push(Field::new(
+        columns::GEOMETRY,
+        DataType::Struct(geometry_fields()),
+        true,
+    ));
     let metadata = HashMap::from([
         (SPEC_METADATA_KEY.to_string(), spec.to_json()),
         (VERSION_METADATA_KEY.to_string(), WIRE_VERSION.to_string()),
@@ -238,7 +285,11 @@ mod tests {
         ]);
         let out = output_schema(&input, &spec).unwrap();
         let names: Vec<_> = out.fields().iter().map(|f| f.name().as_str()).collect();
-        assert_eq!(names, ["id", "label", "tensor", "error", "height", "width"]);
+        assert_eq!(
+            names,
+            ["id", "label", "tensor", "error", "height", "width", "warning", "geometry"]
+        );
+        assert_eq!(t_dtype(&out), "float32");
         let t = out.field_with_name("tensor").unwrap();
         let meta = FixedShapeTensorMetadata::from_field(t).unwrap().unwrap();
         assert_eq!(meta.shape, vec![3, 224, 224]);
@@ -246,6 +297,29 @@ mod tests {
         assert!(matches!(t.data_type(), DataType::FixedSizeList(_, n) if *n == 3 * 224 * 224));
         let round = TransformSpec::from_json(out.metadata()[SPEC_METADATA_KEY].as_bytes()).unwrap();
         assert_eq!(round, spec);
+    }
+
+    fn t_dtype(schema: &Schema) -> &str {
+        &schema.field_with_name("tensor").unwrap().metadata()[DTYPE_METADATA_KEY]
+    }
+
+    #[test]
+    fn bfloat16_travels_as_marked_uint16() {
+        let spec =
+            TransformSpec::from_json(br#"{"preset":"imagenet","dtype":"bfloat16"}"#).unwrap();
+        let input = Schema::new(vec![Field::new("image", DataType::Binary, true)]);
+        let out = output_schema(&input, &spec).unwrap();
+        assert_eq!(t_dtype(&out), "bfloat16");
+        let t = out.field_with_name("tensor").unwrap();
+        assert!(
+            matches!(t.data_type(), DataType::FixedSizeList(item, _) if item.data_type() == &DataType::UInt16)
+        );
+        let half = TransformSpec::from_json(br#"{"preset":"imagenet","dtype":"float16"}"#).unwrap();
+        let out = output_schema(&input, &half).unwrap();
+        let t = out.field_with_name("tensor").unwrap();
+        assert!(
+            matches!(t.data_type(), DataType::FixedSizeList(item, _) if item.data_type() == &DataType::Float16)
+        );
     }
 
     #[test]

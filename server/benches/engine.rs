@@ -80,7 +80,7 @@ fn engine(c: &mut Criterion) {
             for rows in BATCH_SIZES {
                 let batch = batch_of(bytes, rows);
                 // A failing row would benchmark the error path: refuse.
-                let out = process_batch(&batch, &spec, &config, &HeapAllocator).expect("batch");
+                let out = process_batch(&batch, &spec, &config, &HeapAllocator, 0).expect("batch");
                 let errors = out.column_by_name("error").expect("error column");
                 assert_eq!(errors.null_count(), rows, "{label} failed under {json}");
 
@@ -88,7 +88,7 @@ fn engine(c: &mut Criterion) {
                 group.bench_with_input(BenchmarkId::new(*label, rows), &batch, |b, batch| {
                     b.iter(|| {
                         black_box(
-                            process_batch(black_box(batch), &spec, &config, &HeapAllocator)
+                            process_batch(black_box(batch), &spec, &config, &HeapAllocator, 0)
                                 .expect("batch"),
                         )
                     });

@@ -149,8 +149,14 @@ fn run(o: &Options) -> Result<serde_json::Value, String> {
     let config = EngineConfig::default();
     let mut errors = 0usize;
     let mut step = |i: usize| -> Result<(), String> {
-        let out = process_batch(&batches[i % batches.len()], &spec, &config, &HeapAllocator)
-            .map_err(|e| e.to_string())?;
+        let out = process_batch(
+            &batches[i % batches.len()],
+            &spec,
+            &config,
+            &HeapAllocator,
+            0,
+        )
+        .map_err(|e| e.to_string())?;
         let error = out
             .column_by_name("error")
             .expect("output has an error column");

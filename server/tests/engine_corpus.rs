@@ -67,7 +67,7 @@ fn run(images: &[Vec<u8>], spec: &TransformSpec, config: &EngineConfig) -> Outpu
     )]));
     let column = BinaryArray::from_iter_values(images);
     let batch = RecordBatch::try_new(schema, vec![Arc::new(column)]).unwrap();
-    let out = process_batch(&batch, spec, config, &HeapAllocator).expect("batch succeeds");
+    let out = process_batch(&batch, spec, config, &HeapAllocator, 0).expect("batch succeeds");
     assert_eq!(out.num_rows(), images.len());
     let errors: &StringArray = out.column_by_name("error").unwrap().as_string();
     let h = out

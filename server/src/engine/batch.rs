@@ -5,15 +5,18 @@ use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::{
-    Array, ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, RecordBatchOptions,
-    StringArray, UInt32Array, UInt8Array,
+    Array, ArrayRef, BooleanArray, FixedSizeListArray, Float16Array, Float32Array, Float64Array,
+    RecordBatch, RecordBatchOptions, StringArray, StructArray, UInt16Array, UInt32Array,
+    UInt8Array,
 };
 use arrow_buffer::{NullBuffer, ScalarBuffer};
 use arrow_schema::{ArrowError, DataType};
-use pixelfeed_schema::{image_column_index, output_schema, tensor_field, DType, TransformSpec};
+use pixelfeed_schema::{
+    columns, geometry_fields, image_column_index, output_schema, tensor_field, DType, TransformSpec,
+};
 use rayon::prelude::*;
 
-use super::pipeline::{process_row, Context, RowOutcome};
+use super::pipeline::{process_row, Context, Geometry, RowOutcome};
 use super::{BlockAllocator, EngineConfig, EngineError};
 
 /// The `image` column, whichever binary layout it uses.
@@ -50,12 +53,84 @@ impl<'a> Images<'a> {
     }
 }
 
+/// The key of each row's random draws: its `seed` column value when the
+/// input has an integer `seed` column (null cells fall back to the
+/// position), else its position in the stream.
+fn row_keys(batch: &RecordBatch, first_row: u64) -> Vec<u64> {
+    let position = |i: usize| first_row.wrapping_add(i as u64);
+    let Some(column) = batch.column_by_name(columns::SEED) else {
+        return (0..batch.num_rows()).map(position).collect();
+    };
+    let keys = arrow_cast_to_u64(column);
+    (0..batch.num_rows())
+        .map(|i| {
+            keys.as_ref()
+                .and_then(|k| k(i))
+                .unwrap_or_else(|| position(i))
+        })
+        .collect()
+}
+
+/// A reader of an integer column's values as u64 (two's complement for
+/// signed types); `None` for non-integer columns.
+#[allow(clippy::type_complexity)]
+fn arrow_cast_to_u64(column: &ArrayRef) -> Option<Box<dyn Fn(usize) -> Option<u64> + '_>> {
+    use arrow_array::types::*;
+    macro_rules! reader {
+        ($t:ty) => {{
+            let a = column.as_primitive::<$t>();
+            Some(Box::new(move |i| a.is_valid(i).then(|| a.value(i) as u64)))
+        }};
+    }
+    match column.data_type() {
+        DataType::Int64 => reader!(Int64Type),
+        DataType::UInt64 => reader!(UInt64Type),
+        DataType::Int32 => reader!(Int32Type),
+        DataType::UInt32 => reader!(UInt32Type),
+        _ => None,
+    }
+}
+
+/// The `geometry` struct column of `outcomes`.
+fn geometry_column(outcomes: &[RowOutcome]) -> Result<StructArray, ArrowError> {
+    let geo: Vec<Option<Geometry>> = outcomes.iter().map(|o| o.geometry).collect();
+    let get = |f: fn(&Geometry) -> f64| -> ArrayRef {
+        Arc::new(Float64Array::from_iter_values(
+            geo.iter().map(|g| g.as_ref().map_or(0.0, f)),
+        ))
+    };
+    let flag = |f: fn(&Geometry) -> bool| -> ArrayRef {
+        Arc::new(BooleanArray::from_iter(
+            geo.iter().map(|g| Some(g.as_ref().is_some_and(f))),
+        ))
+    };
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(UInt8Array::from_iter_values(
+            geo.iter().map(|g| g.map_or(1, |g| g.orientation)),
+        )),
+        flag(|g| g.flipped_horizontal),
+        flag(|g| g.flipped_vertical),
+        get(|g| g.mapping.scale_y),
+        get(|g| g.mapping.scale_x),
+        get(|g| g.mapping.box_top),
+        get(|g| g.mapping.box_left),
+        get(|g| g.mapping.box_height),
+        get(|g| g.mapping.box_width),
+    ];
+    let nulls = geo
+        .iter()
+        .any(Option::is_none)
+        .then(|| NullBuffer::from_iter(geo.iter().map(Option::is_some)));
+    StructArray::try_new(geometry_fields(), columns, nulls)
+}
+
 /// See [`super::process_batch`].
 pub(crate) fn process_batch(
     batch: &RecordBatch,
     spec: &TransformSpec,
     config: &EngineConfig,
     alloc: &dyn BlockAllocator,
+    first_row: u64,
 ) -> Result<RecordBatch, EngineError> {
     let input_schema = batch.schema();
     let schema = Arc::new(output_schema(&input_schema, spec)?);
@@ -76,6 +151,7 @@ pub(crate) fn process_batch(
     }
 
     let ctx = Context::new(spec, config);
+    let keys = row_keys(batch, first_row);
     let mut outcomes = vec![RowOutcome::default(); rows];
     if row_bytes > 0 {
         block
@@ -84,7 +160,7 @@ pub(crate) fn process_batch(
             .zip(outcomes.par_iter_mut())
             .enumerate()
             .for_each(|(i, (slot, outcome))| {
-                *outcome = process_row(images.get(i), &ctx, slot);
+                *outcome = process_row(images.get(i), keys[i], &ctx, slot);
             });
     }
 
@@ -97,6 +173,14 @@ pub(crate) fn process_batch(
     let elements = rows * spec.elements_per_row();
     let values: ArrayRef = match spec.dtype {
         DType::Float32 => Arc::new(Float32Array::new(
+            ScalarBuffer::new(buffer, 0, elements),
+            None,
+        )),
+        DType::Float16 => Arc::new(Float16Array::new(
+            ScalarBuffer::new(buffer, 0, elements),
+            None,
+        )),
+        DType::BFloat16 => Arc::new(UInt16Array::new(
             ScalarBuffer::new(buffer, 0, elements),
             None,
         )),
@@ -118,6 +202,8 @@ pub(crate) fn process_batch(
     let error: StringArray = outcomes.iter().map(|o| o.error.as_deref()).collect();
     let height: UInt32Array = outcomes.iter().map(|o| o.dims.map(|d| d.0)).collect();
     let width: UInt32Array = outcomes.iter().map(|o| o.dims.map(|d| d.1)).collect();
+    let warning: StringArray = outcomes.iter().map(|o| o.warning.as_deref()).collect();
+    let geometry = geometry_column(&outcomes)?;
 
     let mut columns: Vec<ArrayRef> = batch
         .columns()
@@ -130,6 +216,8 @@ pub(crate) fn process_batch(
     columns.push(Arc::new(error));
     columns.push(Arc::new(height));
     columns.push(Arc::new(width));
+    columns.push(Arc::new(warning));
+    columns.push(Arc::new(geometry));
     let options = RecordBatchOptions::new().with_row_count(Some(rows));
     Ok(RecordBatch::try_new_with_options(
         schema, columns, &options,
@@ -182,7 +270,7 @@ mod tests {
     }
 
     fn run(batch: &RecordBatch, spec: &TransformSpec) -> RecordBatch {
-        process_batch(batch, spec, &EngineConfig::default(), &HeapAllocator).unwrap()
+        process_batch(batch, spec, &EngineConfig::default(), &HeapAllocator, 0).unwrap()
     }
 
     fn errors(out: &RecordBatch) -> Vec<Option<String>> {
@@ -329,6 +417,114 @@ mod tests {
         );
     }
 
+    fn train_spec() -> TransformSpec {
+        TransformSpec::from_value(&json!({
+            "preset": "imagenet_train", "seed": 42, "dtype": "uint8", "layout": "hwc",
+            "normalize": null,
+            "crop": {"mode": "random_resized_crop", "height": 32, "width": 32}
+        }))
+        .unwrap()
+    }
+
+    fn tensors(out: &RecordBatch) -> Vec<Vec<u8>> {
+        (0..out.num_rows()).map(|i| row_u8(out, i)).collect()
+    }
+
+    #[test]
+    fn random_draws_do_not_depend_on_batching() {
+        let names = [
+            "pillow_hopper.jpg",
+            "mpl_grace_hopper.jpg",
+            "pillow_hopper.png",
+            "pillow_hopper.jpg",
+            "mpl_grace_hopper.jpg",
+        ];
+        let imgs: Vec<Option<Vec<u8>>> = names.iter().map(|n| Some(image(n))).collect();
+        let spec = train_spec();
+        let config = EngineConfig::default();
+        let whole =
+            tensors(&process_batch(&batch_of(&imgs), &spec, &config, &HeapAllocator, 0).unwrap());
+        let head = process_batch(&batch_of(&imgs[..2]), &spec, &config, &HeapAllocator, 0).unwrap();
+        let tail = process_batch(&batch_of(&imgs[2..]), &spec, &config, &HeapAllocator, 2).unwrap();
+        let mut split = tensors(&head);
+        split.extend(tensors(&tail));
+        assert_eq!(whole, split);
+        // The same image at positions 0 and 3 gets different draws.
+        assert_ne!(whole[0], whole[3]);
+        // Another seed, other draws.
+        let other = TransformSpec {
+            seed: 43,
+            ..spec.clone()
+        };
+        let reseeded =
+            tensors(&process_batch(&batch_of(&imgs), &other, &config, &HeapAllocator, 0).unwrap());
+        assert_ne!(whole, reseeded);
+    }
+
+    #[test]
+    fn a_seed_column_keys_the_draws() {
+        let img = image("mpl_grace_hopper.jpg");
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("image", DataType::Binary, true),
+            Field::new("seed", DataType::Int64, true),
+        ]));
+        let make = |seeds: Vec<Option<i64>>| {
+            let n = seeds.len();
+            RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![
+                    Arc::new(arrow_array::BinaryArray::from_iter_values(vec![&img; n])),
+                    Arc::new(Int64Array::from(seeds)),
+                ],
+            )
+            .unwrap()
+        };
+        let spec = train_spec();
+        let a = tensors(&run(&make(vec![Some(5), Some(9), None]), &spec));
+        let b = tensors(
+            &process_batch(
+                &make(vec![Some(9), Some(5)]),
+                &spec,
+                &EngineConfig::default(),
+                &HeapAllocator,
+                1000,
+            )
+            .unwrap(),
+        );
+        assert_eq!(a[0], b[1]);
+        assert_eq!(a[1], b[0]);
+        assert_ne!(a[0], a[1]);
+        // A null seed falls back to the position: row 2 == key 2.
+        let c = tensors(&run(&make(vec![Some(0), Some(1), Some(2)]), &spec));
+        assert_eq!(a[2], c[2]);
+    }
+
+    #[test]
+    fn geometry_reports_scale_box_and_orientation() {
+        let batch = batch_of(&[Some(image("mpl_grace_hopper.jpg")), None]);
+        let out = run(&batch, &imagenet());
+        let geo = out.column_by_name("geometry").unwrap().as_struct();
+        assert!(geo.is_valid(0) && geo.is_null(1));
+        let f = |name: &str| {
+            geo.column_by_name(name)
+                .unwrap()
+                .as_primitive::<arrow_array::types::Float64Type>()
+                .value(0)
+        };
+        // 600x512 (h x w) -> shorter side 256: 300x256, centre crop 224.
+        assert_eq!(f("scale_x"), 0.5);
+        assert_eq!(f("scale_y"), 0.5);
+        assert_eq!((f("box_top"), f("box_left")), (76.0, 32.0));
+        assert_eq!((f("box_height"), f("box_width")), (448.0, 448.0));
+        let orientation = geo
+            .column_by_name("orientation")
+            .unwrap()
+            .as_primitive::<arrow_array::types::UInt8Type>();
+        assert_eq!(orientation.value(0), 1);
+        let warning = out.column_by_name("warning").unwrap();
+        assert_eq!(warning.null_count(), 2);
+    }
+
     #[test]
     fn contract_violations_fail_the_batch() {
         let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
@@ -339,6 +535,7 @@ mod tests {
             &imagenet(),
             &EngineConfig::default(),
             &HeapAllocator,
+            0,
         )
         .unwrap_err();
         assert!(matches!(
@@ -356,7 +553,8 @@ mod tests {
             }
         }
         let batch = batch_of(&[Some(image("pillow_hopper.jpg"))]);
-        let err = process_batch(&batch, &imagenet(), &EngineConfig::default(), &Broke).unwrap_err();
+        let err =
+            process_batch(&batch, &imagenet(), &EngineConfig::default(), &Broke, 0).unwrap_err();
         assert!(matches!(err, EngineError::Allocation(m) if m == "pool closed"));
     }
 

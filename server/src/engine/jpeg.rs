@@ -21,11 +21,14 @@
 //!    standard Annex K tables libjpeg would use. Data after the first EOI
 //!    (MPO second frames, appended ZIPs) is never looked at.
 //!
-//! Strictness: zune-jpeg runs in strict mode, so a scan that ends early
-//! (truncated files) is an error rather than grey padding. On top of that
-//! the walk checks restart markers come in sequence (RST0..RST7 cycling,
-//! reset at every SOS): a shuffled or corrupted restart marker is rejected
-//! instead of being resynchronised over silently. Known gap: a bit flip in
+//! Strictness: zune-jpeg first runs in strict mode, so a scan that ends
+//! early (truncated files) is detected rather than padded silently. On top
+//! of that the walk checks restart markers come in sequence (RST0..RST7
+//! cycling, reset at every SOS) and that the image ends with EOI. With the
+//! spec's `strict: true` each of these is a row error; with `strict: false`
+//! (the default) the row is decoded as far as possible (zune-jpeg's lenient
+//! mode pads what is missing) and the problem becomes the row's warning, so
+//! the caller can always tell. Known gap: a bit flip in
 //! entropy-coded data that still decodes to valid Huffman codes yields wrong
 //! pixels without an error, as it does in libjpeg/Pillow (zune does not
 //! check that a scan consumed exactly its data).
@@ -331,36 +334,62 @@ fn check_sos(p: &[u8], frame: &Frame) -> Result<(), RowError> {
 /// Appends the scan data (first SOS up to and including the first EOI, or
 /// to the end when there is no EOI) to `out`, inserting the standard
 /// Huffman tables first when the header had none, and checks the restart
-/// marker sequence on the way.
+/// marker sequence and the EOI on the way. Returns the warning a lenient
+/// (`strict == false`) caller gets for what strict mode would refuse.
 pub(crate) fn finish_stream(
     data: &[u8],
     header: &JpegHeader<'_>,
     out: &mut Vec<u8>,
-) -> Result<(), RowError> {
-    let end = check_scan_markers(data, header.sos_offset)?;
+    strict: bool,
+) -> Result<Option<String>, RowError> {
+    let scan = check_scan_markers(data, header.sos_offset);
     if !header.has_dht {
         out.extend_from_slice(&STANDARD_DHT);
     }
-    out.extend_from_slice(&data[header.sos_offset..end]);
-    Ok(())
+    out.extend_from_slice(&data[header.sos_offset..scan.end]);
+    let problem = match scan.problem {
+        Some(problem) => Some(problem),
+        None if !scan.eoi => Some(truncated("no EOI marker at the end of the image")),
+        None => None,
+    };
+    match problem {
+        Some(problem) if strict => Err(problem),
+        Some(problem) => Ok(Some(problem.to_string())),
+        None => Ok(None),
+    }
+}
+
+/// What [`check_scan_markers`] found.
+struct ScanEnd {
+    /// End of the first image: just past its EOI, or the data length.
+    end: usize,
+    /// Whether the image ended with EOI.
+    eoi: bool,
+    /// The first restart marker out of sequence, if any.
+    problem: Option<RowError>,
 }
 
 /// Walks the entropy-coded data from the SOS at `sos`: restart markers must
-/// cycle RST0..RST7 within each scan. Returns the end of the first image
-/// (just past its EOI, or the data length when EOI is missing).
-fn check_scan_markers(data: &[u8], sos: usize) -> Result<usize, RowError> {
+/// cycle RST0..RST7 within each scan.
+fn check_scan_markers(data: &[u8], sos: usize) -> ScanEnd {
     let mut expected = 0u8;
+    let mut problem = None;
     let mut pos = sos;
+    let to_the_end = |problem| ScanEnd {
+        end: data.len(),
+        eoi: false,
+        problem,
+    };
     loop {
         let Some(ff) = data
             .get(pos..)
             .and_then(|rest| rest.iter().position(|&b| b == 0xFF))
         else {
-            return Ok(data.len());
+            return to_the_end(problem);
         };
         pos += ff;
         let Some(&m) = data.get(pos + 1) else {
-            return Ok(data.len());
+            return to_the_end(problem);
         };
         match m {
             // Stuffed zero or a fill byte: not a marker.
@@ -368,15 +397,21 @@ fn check_scan_markers(data: &[u8], sos: usize) -> Result<usize, RowError> {
             0xFF => pos += 1,
             0xD0..=0xD7 => {
                 let n = m - 0xD0;
-                if n != expected {
-                    return Err(corrupt(format!(
+                if n != expected && problem.is_none() {
+                    problem = Some(corrupt(format!(
                         "restart marker RST{n} out of sequence (expected RST{expected})"
                     )));
                 }
-                expected = (expected + 1) % 8;
+                expected = (n + 1) % 8;
                 pos += 2;
             }
-            0xD9 => return Ok(pos + 2),
+            0xD9 => {
+                return ScanEnd {
+                    end: pos + 2,
+                    eoi: true,
+                    problem,
+                }
+            }
             _ => {
                 // A segment between scans (SOS, DHT, DQT, DRI, APPn, COM):
                 // skip it by its length. A bad length is left for zune-jpeg
@@ -385,11 +420,11 @@ fn check_scan_markers(data: &[u8], sos: usize) -> Result<usize, RowError> {
                     expected = 0;
                 }
                 let Some(len) = data.get(pos + 2..pos + 4) else {
-                    return Ok(data.len());
+                    return to_the_end(problem);
                 };
                 pos += 2 + usize::from(u16::from_be_bytes([len[0], len[1]]));
                 if pos > data.len() {
-                    return Ok(data.len());
+                    return to_the_end(problem);
                 }
             }
         }
@@ -399,12 +434,33 @@ fn check_scan_markers(data: &[u8], sos: usize) -> Result<usize, RowError> {
 /// Decodes the rebuilt stream into `dst` (resized as needed): 1 byte per
 /// pixel for single-component files, else RGB (zune converts YCbCr, and
 /// CMYK/YCCK with the Adobe inverted convention, as Pillow does). Returns
-/// the channel count.
+/// the channel count, and with `strict == false` the warning of a stream
+/// that decoded only in zune-jpeg's lenient mode.
 pub(crate) fn decode(
     stream: &[u8],
     header: &JpegHeader<'_>,
     max_side: usize,
     dst: &mut Vec<u8>,
+    strict: bool,
+) -> Result<(usize, Option<String>), RowError> {
+    match decode_with(stream, header, max_side, dst, true) {
+        Ok(channels) => Ok((channels, None)),
+        // Header-level and internal problems are not recoverable.
+        Err(e @ (RowError::TruncatedJpeg(_) | RowError::JpegDecode(_))) if !strict => {
+            let channels =
+                decode_with(stream, header, max_side, dst, false).map_err(|_| e.clone())?;
+            Ok((channels, Some(format!("decoded with recovery: {e}"))))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn decode_with(
+    stream: &[u8],
+    header: &JpegHeader<'_>,
+    max_side: usize,
+    dst: &mut Vec<u8>,
+    strict: bool,
 ) -> Result<usize, RowError> {
     let (colorspace, channels) = if header.components == 1 {
         (ColorSpace::Luma, 1)
@@ -412,7 +468,7 @@ pub(crate) fn decode(
         (ColorSpace::RGB, 3)
     };
     let options = DecoderOptions::default()
-        .set_strict_mode(true)
+        .set_strict_mode(strict)
         .set_max_width(max_side)
         .set_max_height(max_side)
         .jpeg_set_out_colorspace(colorspace);
@@ -567,22 +623,43 @@ mod tests {
             &[1, 0xFF, 0xD0, 2, 0xFF, 0xD1, 3, 0xFF, 0xD9, 9, 9],
         );
         let h = header_of(&ok).unwrap();
-        assert_eq!(check_scan_markers(&ok, h.sos_offset).unwrap(), ok.len() - 2);
+        let scan = check_scan_markers(&ok, h.sos_offset);
+        assert_eq!(
+            (scan.end, scan.eoi, scan.problem),
+            (ok.len() - 2, true, None)
+        );
         let bad = minimal(8, 8, &[], &[1, 0xFF, 0xD0, 2, 0xFF, 0xD2, 3, 0xFF, 0xD9]);
         let h = header_of(&bad).unwrap();
         assert_eq!(
             check_scan_markers(&bad, h.sos_offset)
-                .unwrap_err()
+                .problem
+                .unwrap()
                 .to_string(),
             "corrupt JPEG: restart marker RST2 out of sequence (expected RST1)"
         );
         // Stuffed FF00 is data, and no EOI means "to the end".
         let stuffed = minimal(8, 8, &[], &[0xFF, 0x00, 0xFF, 0xD0]);
         let h = header_of(&stuffed).unwrap();
-        assert_eq!(
-            check_scan_markers(&stuffed, h.sos_offset).unwrap(),
-            stuffed.len()
-        );
+        let scan = check_scan_markers(&stuffed, h.sos_offset);
+        assert_eq!((scan.end, scan.eoi), (stuffed.len(), false));
+    }
+
+    #[test]
+    fn strictness_decides_between_error_and_warning() {
+        let bad = minimal(8, 8, &[], &[1, 0xFF, 0xD0, 2, 0xFF, 0xD2, 3, 0xFF, 0xD9]);
+        let no_eoi = minimal(8, 8, &[], &[1, 2, 3]);
+        for data in [&bad, &no_eoi] {
+            let mut out = Vec::new();
+            let h = parse_header(data, &mut out).unwrap();
+            let mut strict_out = out.clone();
+            let strict = finish_stream(data, &h, &mut strict_out, true).unwrap_err();
+            let warning = finish_stream(data, &h, &mut out, false).unwrap().unwrap();
+            assert_eq!(warning, strict.to_string());
+        }
+        let mut out = Vec::new();
+        let good = minimal(8, 8, &[], &[1, 0xFF, 0xD9]);
+        let h = parse_header(&good, &mut out).unwrap();
+        assert_eq!(finish_stream(&good, &h, &mut out, true).unwrap(), None);
     }
 
     #[test]
@@ -593,7 +670,7 @@ mod tests {
         let mut out = Vec::new();
         let h = parse_header(&data, &mut out).unwrap();
         assert!(!h.has_dht);
-        finish_stream(&data, &h, &mut out).unwrap();
+        finish_stream(&data, &h, &mut out, true).unwrap();
         assert!(out.windows(STANDARD_DHT.len()).any(|w| w == STANDARD_DHT));
     }
 }

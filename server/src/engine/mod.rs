@@ -113,6 +113,11 @@ pub enum EngineError {
 /// `spec.row_bytes()` per row, zeroed for failed rows) that becomes the
 /// tensor column's values buffer without a copy.
 ///
+/// `first_row` is the position of the batch's first row in its stream
+/// (0 for the first batch of a call, the shard's start for a dataset
+/// shard): with no `seed` input column, it keys each row's random draws, so
+/// the same rows give the same pixels however they are batched.
+///
 /// Rows are processed in parallel on the global rayon pool, so call this
 /// from a blocking thread, not an async task.
 ///
@@ -126,6 +131,7 @@ pub fn process_batch(
     spec: &TransformSpec,
     config: &EngineConfig,
     alloc: &dyn BlockAllocator,
+    first_row: u64,
 ) -> Result<RecordBatch, EngineError> {
-    batch::process_batch(batch, spec, config, alloc)
+    batch::process_batch(batch, spec, config, alloc, first_row)
 }

@@ -49,6 +49,20 @@ impl Orientation {
         }
     }
 
+    /// The EXIF value (1..=8) of this orientation.
+    pub(crate) fn exif_value(self) -> u8 {
+        match self {
+            Self::Normal => 1,
+            Self::FlipH => 2,
+            Self::Rotate180 => 3,
+            Self::FlipV => 4,
+            Self::Transpose => 5,
+            Self::Rotate90Cw => 6,
+            Self::Transverse => 7,
+            Self::Rotate90Ccw => 8,
+        }
+    }
+
     /// Whether width and height trade places.
     pub(crate) fn swaps_axes(self) -> bool {
         matches!(

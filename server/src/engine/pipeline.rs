@@ -1,5 +1,5 @@
 //! One row, start to finish: sniff → header + limits → decode → gray →
-//! orient → resize → tensor, with every intermediate in reused
+//! orient → plan (random draws) → source crop → resize → tensor, with every intermediate in reused
 //! thread-local buffers and any panic contained.
 //!
 //! Order of checks, cheapest first, so hostile input costs as little as
@@ -21,7 +21,7 @@ use pixelfeed_schema::{Color, TransformSpec};
 
 use super::error::{format_mpx, format_number, RowError};
 use super::exif::{orientation_from_tiff, orientation_from_xmp};
-use super::geometry;
+use super::geometry::{self, Mapping, Plan};
 use super::orient::Orientation;
 use super::sniff::{first_bytes_hex, sniff, Sniffed};
 use super::tensor::TensorWriter;
@@ -38,6 +38,31 @@ pub(crate) struct RowOutcome {
     pub dims: Option<(u32, u32)>,
     /// The row error message; `None` for a good row.
     pub error: Option<String>,
+    /// Why a good row's pixels may be imperfect (decoded with recovery).
+    pub warning: Option<String>,
+    /// Where the output came from; `None` for a failed row.
+    pub geometry: Option<Geometry>,
+}
+
+/// A good row's geometry: the `geometry` output column.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Geometry {
+    /// EXIF orientation applied (1 = none).
+    pub orientation: u8,
+    /// The output was mirrored left-right.
+    pub flipped_horizontal: bool,
+    /// The output was mirrored top-bottom.
+    pub flipped_vertical: bool,
+    /// The output window in oriented source coordinates.
+    pub mapping: Mapping,
+}
+
+/// What `run` learns about a row on the way, kept even when it fails later.
+#[derive(Default)]
+struct Progress {
+    dims: Option<(u32, u32)>,
+    warning: Option<String>,
+    geometry: Option<Geometry>,
 }
 
 /// Everything a row needs that is the same for the whole batch.
@@ -86,6 +111,10 @@ struct Scratch {
     resized: Vec<u8>,
     /// The horizontal pass of a two-pass resize.
     half_resized: Vec<u8>,
+    /// The source region a random resized crop picked.
+    region: Vec<u8>,
+    /// One output row being gathered (padding, flips, channel order).
+    row: Vec<u8>,
     resizer: Resizer,
 }
 
@@ -99,6 +128,8 @@ impl Scratch {
             &mut self.oriented,
             &mut self.resized,
             &mut self.half_resized,
+            &mut self.region,
+            &mut self.row,
         ] {
             if buf.capacity() > KEEP_SCRATCH_BYTES {
                 *buf = Vec::new();
@@ -115,19 +146,32 @@ thread_local! {
 }
 
 /// Runs the pipeline for one image, writing its tensor into `slot` (zeroed
-/// when the row fails). Never panics and never fails the batch.
-pub(crate) fn process_row(image: Option<&[u8]>, ctx: &Context<'_>, slot: &mut [u8]) -> RowOutcome {
-    let mut dims = None;
+/// when the row fails). `key` keys the row's random draws. Never panics
+/// and never fails the batch.
+pub(crate) fn process_row(
+    image: Option<&[u8]>,
+    key: u64,
+    ctx: &Context<'_>,
+    slot: &mut [u8],
+) -> RowOutcome {
+    let mut progress = Progress::default();
     let result = catch_unwind(AssertUnwindSafe(|| {
         SCRATCH.with(|cell| match cell.try_borrow_mut() {
             Ok(mut scratch) => {
-                let r = run(image, ctx, slot, &mut scratch, &mut dims);
+                let r = run(image, key, ctx, slot, &mut scratch, &mut progress);
                 scratch.trim();
                 r
             }
             // Only reachable if a row ever ran inside another on the same
             // thread; correctness over reuse then.
-            Err(_) => run(image, ctx, slot, &mut Scratch::default(), &mut dims),
+            Err(_) => run(
+                image,
+                key,
+                ctx,
+                slot,
+                &mut Scratch::default(),
+                &mut progress,
+            ),
         })
     }));
     let error = match result {
@@ -150,10 +194,14 @@ pub(crate) fn process_row(image: Option<&[u8]>, ctx: &Context<'_>, slot: &mut [u
     };
     if error.is_some() {
         slot.fill(0);
+        progress.geometry = None;
+        progress.warning = None;
     }
     RowOutcome {
-        dims,
+        dims: progress.dims,
         error: error.map(|e| e.to_string()),
+        warning: progress.warning,
+        geometry: progress.geometry,
     }
 }
 
@@ -200,10 +248,11 @@ fn sized(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
 
 fn run(
     image: Option<&[u8]>,
+    key: u64,
     ctx: &Context<'_>,
     slot: &mut [u8],
     s: &mut Scratch,
-    dims: &mut Option<(u32, u32)>,
+    progress: &mut Progress,
 ) -> Result<(), RowError> {
     let data = image.ok_or(RowError::Null)?;
     if data.is_empty() {
@@ -215,7 +264,8 @@ fn run(
             limit: ctx.config.max_encoded_bytes,
         });
     }
-    let (width, height, channels, orient) = match sniff(data) {
+    let strict = ctx.spec.strict;
+    let (width, height, channels, orient, plan) = match sniff(data) {
         Sniffed::Jpeg => {
             let header = jpeg::parse_header(data, &mut s.encoded)?;
             let orient = orientation(ctx.spec, || {
@@ -224,35 +274,48 @@ fn run(
                     .and_then(orientation_from_tiff)
                     .or_else(|| header.xmp.and_then(orientation_from_xmp))
             });
-            *dims = Some(orient.oriented_size(header.height, header.width));
+            progress.dims = Some(orient.oriented_size(header.height, header.width));
             check_limits(header.width, header.height, ctx.config)?;
-            check_resized(ctx, orient.oriented_size(header.height, header.width))?;
-            jpeg::finish_stream(data, &header, &mut s.encoded)?;
-            let channels = jpeg::decode(&s.encoded, &header, ctx.max_side, &mut s.decoded)?;
-            (header.width, header.height, channels, orient)
+            let plan = checked_plan(ctx, orient.oriented_size(header.height, header.width), key)?;
+            progress.warning = jpeg::finish_stream(data, &header, &mut s.encoded, strict)?;
+            let (channels, warning) =
+                jpeg::decode(&s.encoded, &header, ctx.max_side, &mut s.decoded, strict)?;
+            progress.warning = progress.warning.take().or(warning);
+            (header.width, header.height, channels, orient, plan)
         }
         Sniffed::Png => {
             let header = png::parse_header(data)?;
-            *dims = Some((header.height, header.width));
+            progress.dims = Some((header.height, header.width));
             check_limits(header.width, header.height, ctx.config)?;
             let meta = png::filter_chunks(data, &mut s.encoded)?;
             let orient = orientation(ctx.spec, || meta.orientation());
-            *dims = Some(orient.oriented_size(header.height, header.width));
-            check_resized(ctx, orient.oriented_size(header.height, header.width))?;
+            progress.dims = Some(orient.oriented_size(header.height, header.width));
+            let plan = checked_plan(ctx, orient.oriented_size(header.height, header.width), key)?;
             let channels = png::decode(&s.encoded, &header, ctx.max_side, &mut s.decoded)?;
-            (header.width, header.height, channels, orient)
+            (header.width, header.height, channels, orient, plan)
         }
         Sniffed::Unsupported(name) => return Err(RowError::UnsupportedFormat(name)),
         Sniffed::Unknown => return Err(RowError::UnknownFormat(first_bytes_hex(data))),
     };
-    transform(s, ctx, (width, height), channels, orient, slot)
+    transform(s, ctx, (width, height), channels, orient, &plan, slot)?;
+    progress.geometry = Some(Geometry {
+        orientation: orient.exif_value(),
+        flipped_horizontal: plan.flip_horizontal,
+        flipped_vertical: plan.flip_vertical,
+        mapping: plan.mapping(),
+    });
+    Ok(())
 }
 
-/// Refuses a spec/image pair whose resized intermediate would be larger
-/// than both the pixel limit and the output itself (only reachable with a
-/// very large aspect-ratio limit).
-fn check_resized(ctx: &Context<'_>, (height, width): (u32, u32)) -> Result<(), RowError> {
-    let plan = geometry::plan(ctx.spec, height, width);
+/// The row's plan, refusing a spec/image pair whose resized intermediate
+/// would be larger than both the pixel limit and the output itself (only
+/// reachable with a very large aspect-ratio limit).
+fn checked_plan(
+    ctx: &Context<'_>,
+    (height, width): (u32, u32),
+    key: u64,
+) -> Result<Plan, RowError> {
+    let plan = geometry::plan(ctx.spec, height, width, key);
     let (rh, rw) = plan.resized;
     let (oh, ow) = ctx.spec.output_size();
     let cap = ctx.config.max_pixels.max(u64::from(oh) * u64::from(ow));
@@ -265,17 +328,18 @@ fn check_resized(ctx: &Context<'_>, (height, width): (u32, u32)) -> Result<(), R
             limit: format_mpx(cap),
         });
     }
-    Ok(())
+    Ok(plan)
 }
 
-/// Gray conversion, orientation, resize and the tensor write, from the
-/// decoded pixels in `s.decoded`.
+/// Gray conversion, orientation, source crop, resize and the tensor write,
+/// from the decoded pixels in `s.decoded`.
 fn transform(
     s: &mut Scratch,
     ctx: &Context<'_>,
     (width, height): (u32, u32),
     mut channels: usize,
     orient: Orientation,
+    plan: &Plan,
     slot: &mut [u8],
 ) -> Result<(), RowError> {
     let Scratch {
@@ -284,6 +348,8 @@ fn transform(
         oriented,
         resized,
         half_resized,
+        region,
+        row,
         resizer,
         ..
     } = s;
@@ -304,26 +370,43 @@ fn transform(
         pixels = out;
     }
 
-    let plan = geometry::plan(ctx.spec, oh, ow);
+    let src = plan.source;
+    if (src.height, src.width) != (oh, ow) {
+        let (top, left) = (src.top as usize, src.left as usize);
+        let line = src.width as usize * channels;
+        let out = sized(region, src.height as usize * line);
+        for (y, dst) in out.chunks_exact_mut(line).enumerate() {
+            let start = ((top + y) * ow as usize + left) * channels;
+            dst.copy_from_slice(&pixels[start..start + line]);
+        }
+        pixels = out;
+    }
+
     let (rh, rw) = plan.resized;
-    let (source, source_width): (&[u8], u32) = if (rh, rw) == (oh, ow) {
-        (pixels, ow)
+    let source: &[u8] = if (rh, rw) == (src.height, src.width) {
+        pixels
     } else {
         let out = sized(resized, rh as usize * rw as usize * channels);
         resize::resize(
             resizer,
             pixels,
-            (ow, oh),
+            (src.width, src.height),
             channels,
             out,
             (rw, rh),
             ctx.spec.filter,
             half_resized,
         )?;
-        (out, rw)
+        out
     };
-    ctx.writer
-        .write(source, source_width as usize, channels, plan.crop, slot)
+    ctx.writer.write(
+        source,
+        (rw as usize, rh as usize),
+        channels,
+        plan,
+        slot,
+        row,
+    )
 }
 
 #[cfg(test)]

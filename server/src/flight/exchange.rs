@@ -222,7 +222,8 @@ async fn pump(
                 }
                 let input_bytes = metrics::encoded_bytes(&batch);
                 let started = Instant::now();
-                let out = process(batch, Arc::clone(&spec), Arc::clone(&config)).await?;
+                let first_row = rows as u64;
+                let out = process(batch, first_row, Arc::clone(&spec), Arc::clone(&config)).await?;
                 let out = conform(out, schema)?;
                 config
                     .metrics
@@ -246,18 +247,26 @@ async fn pump(
     Ok(())
 }
 
-/// Runs the engine on one batch on a blocking thread: it is CPU-heavy and
+/// Runs the engine on one batch (whose first row is row `first_row` of the
+/// call, which keys the random draws) on a blocking thread: it is CPU-heavy and
 /// blocks (rayon inside, and an allocator that may wait for a free block),
 /// so it must not run on the async runtime's workers.
 async fn process(
     batch: RecordBatch,
+    first_row: u64,
     spec: Arc<TransformSpec>,
     config: Arc<ServiceConfig>,
 ) -> Result<RecordBatch, Status> {
     let rows = batch.num_rows();
     let _queued = config.metrics.engine_batch();
     let joined = tokio::task::spawn_blocking(move || {
-        engine::process_batch(&batch, &spec, &config.engine, config.allocator.as_ref())
+        engine::process_batch(
+            &batch,
+            &spec,
+            &config.engine,
+            config.allocator.as_ref(),
+            first_row,
+        )
     })
     .await;
     match joined {

@@ -76,16 +76,6 @@ impl Default for Metrics {
             m.image_errors.clone(),
         );
         r.register(
-            "pixelfeed_input_bytes",
-            "Encoded image bytes received",
-            m.input_bytes.clone(),
-        );
-        r.register(
-            "pixelfeed_output_bytes",
-            "Tensor bytes produced",
-            m.output_bytes.clone(),
-        );
-        r.register(
             "pixelfeed_calls",
             "Finished Flight calls, by method and gRPC status code",
             m.calls.clone(),
@@ -95,26 +85,44 @@ impl Default for Metrics {
             "Engine time per input batch (decode, transform, tensor write)",
             m.batch_seconds.clone(),
         );
-        r.register(
-            "pixelfeed_active_calls",
-            "Flight calls in progress",
-            m.active_calls.clone(),
-        );
-        r.register(
-            "pixelfeed_queued_batches",
-            "Input batches handed to the engine and not yet done (waiting or running)",
-            m.engine_batches.clone(),
-        );
-        r.register(
-            "pixelfeed_pool_blocks_in_use",
-            "Output pool blocks held by batches in flight",
-            m.pool_blocks_in_use.clone(),
-        );
-        r.register(
-            "pixelfeed_pool_bytes_in_use",
-            "Output pool bytes held by batches in flight",
-            m.pool_bytes_in_use.clone(),
-        );
+        for (name, help, counter) in [
+            (
+                "pixelfeed_input_bytes",
+                "Encoded image bytes received",
+                &m.input_bytes,
+            ),
+            (
+                "pixelfeed_output_bytes",
+                "Tensor bytes produced",
+                &m.output_bytes,
+            ),
+        ] {
+            r.register(name, help, counter.clone());
+        }
+        for (name, help, gauge) in [
+            (
+                "pixelfeed_active_calls",
+                "Flight calls in progress",
+                &m.active_calls,
+            ),
+            (
+                "pixelfeed_queued_batches",
+                "Input batches handed to the engine and not yet done (waiting or running)",
+                &m.engine_batches,
+            ),
+            (
+                "pixelfeed_pool_blocks_in_use",
+                "Output pool blocks held by batches in flight",
+                &m.pool_blocks_in_use,
+            ),
+            (
+                "pixelfeed_pool_bytes_in_use",
+                "Output pool bytes held by batches in flight",
+                &m.pool_bytes_in_use,
+            ),
+        ] {
+            r.register(name, help, gauge.clone());
+        }
         m
     }
 }
