@@ -32,10 +32,15 @@ fuzz_target!(|data: &[u8]| {
         max_pixels: 4_000_000,
         ..EngineConfig::default()
     };
-    let schema = Arc::new(Schema::new(vec![Field::new("image", DataType::Binary, true)]));
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "image",
+        DataType::Binary,
+        true,
+    )]));
     let column = Arc::new(BinaryArray::from_vec(vec![image])) as ArrayRef;
     let batch = RecordBatch::try_new(schema, vec![column]).unwrap();
-    let out = process_batch(&batch, spec, &config, &HeapAllocator, 0).expect("a valid batch never fails");
+    let out =
+        process_batch(&batch, spec, &config, &HeapAllocator, 0).expect("a valid batch never fails");
     assert_eq!(out.num_rows(), 1);
     let tensor = out.column_by_name("tensor").unwrap();
     let error = out.column_by_name("error").unwrap();
