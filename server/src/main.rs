@@ -8,21 +8,20 @@
 use std::io::{IsTerminal as _, Write as _};
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use pixelfeed_server::engine::EngineConfig;
 use pixelfeed_server::flight::{
-    bind, serve_with_shutdown, ServerConfig, ServiceConfig, DEFAULT_LISTEN,
-    DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TARGET_MESSAGE_BYTES,
+    bind, check_config, serve_metrics, serve_with_shutdown, AuthToken, CallLimits, ServerConfig,
+    ServiceConfig, TlsConfig, DEFAULT_LISTEN, DEFAULT_MAX_CONCURRENT_CALLS,
+    DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_ROWS_PER_BATCH, DEFAULT_TARGET_MESSAGE_BYTES,
 };
 use pixelfeed_server::pool::{default_cap_bytes, HostBufferPool, PinnedMode, PoolConfig};
 use tokio::sync::mpsc;
 use tracing_subscriber::EnvFilter;
-
-/// How long in-flight calls may take to finish after SIGINT / SIGTERM.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// How long blocking work (an engine call in progress) may delay exit
 /// after the server has stopped.
@@ -95,6 +94,109 @@ struct ServeArgs {
     /// CUDA device whose context owns the pinned pool.
     #[arg(long, default_value_t = 0)]
     cuda_device: usize,
+
+    #[command(flatten)]
+    ops: OpsArgs,
+}
+
+/// Security, limits and observability flags of `serve`.
+#[derive(Debug, Args)]
+struct OpsArgs {
+    /// File holding the bearer token every call must carry (surrounding
+    /// whitespace ignored). pyarrow clients may instead call
+    /// `authenticate_basic_token(any_user, token)`.
+    #[arg(long, conflicts_with = "auth_token")]
+    auth_token_file: Option<PathBuf>,
+
+    /// The bearer token itself. Prefer the environment variable or
+    /// --auth-token-file: command lines are visible to other local users.
+    #[arg(long, env = "PIXELFEED_AUTH_TOKEN", hide_env_values = true)]
+    auth_token: Option<String>,
+
+    /// TLS certificate chain (PEM); serve TLS with --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM) for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// CA certificates (PEM) that client certificates must chain to:
+    /// requires every client to present one (mutual TLS).
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+
+    /// Largest number of rows in one input batch; larger batches fail the
+    /// call with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = DEFAULT_MAX_ROWS_PER_BATCH, value_parser = positive_usize)]
+    max_rows_per_batch: usize,
+
+    /// Largest number of calls in progress at once; more are refused at
+    /// once with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONCURRENT_CALLS, value_parser = positive_usize)]
+    max_concurrent_calls: usize,
+
+    /// Longest a call may run, in seconds, streaming included (a client's
+    /// earlier deadline wins). Default: no limit.
+    #[arg(long, value_parser = seconds)]
+    call_timeout: Option<Duration>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (off by default;
+    /// port 0 picks a free port, announced as `pixelfeed metrics on ADDR`).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+
+    /// How long in-flight calls may take to finish after SIGINT / SIGTERM,
+    /// in seconds.
+    #[arg(long, default_value = "30", value_parser = seconds)]
+    drain_timeout: Duration,
+}
+
+impl OpsArgs {
+    /// The token from the file or the flag / environment, if any.
+    fn auth_token(&self) -> anyhow::Result<Option<AuthToken>> {
+        let text = match (&self.auth_token_file, &self.auth_token) {
+            (Some(path), _) => std::fs::read_to_string(path)
+                .with_context(|| format!("could not read --auth-token-file {}", path.display()))?,
+            (None, Some(token)) => token.clone(),
+            (None, None) => return Ok(None),
+        };
+        Ok(Some(AuthToken::new(&text).context("unusable auth token")?))
+    }
+
+    /// The TLS files, read.
+    fn tls(&self) -> anyhow::Result<Option<TlsConfig>> {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).with_context(|| format!("could not read {}", path.display()))
+        };
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        Ok(Some(TlsConfig {
+            cert_pem: read(cert)?,
+            key_pem: read(key)?,
+            client_ca_pem: self.tls_client_ca.as_ref().map(read).transpose()?,
+        }))
+    }
+
+    fn limits(&self) -> CallLimits {
+        CallLimits {
+            max_rows_per_batch: self.max_rows_per_batch,
+            max_concurrent_calls: self.max_concurrent_calls,
+            call_timeout: self.call_timeout,
+        }
+    }
+}
+
+fn seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|e: std::num::ParseFloatError| e.to_string())?;
+    if secs.is_finite() && secs > 0.0 {
+        Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
+    } else {
+        Err("must be a positive number of seconds".into())
+    }
 }
 
 /// `--pinned` values.
@@ -136,7 +238,8 @@ impl ServeArgs {
             .with_service(
                 ServiceConfig::default()
                     .with_engine(engine)
-                    .with_target_message_bytes(self.target_message_bytes),
+                    .with_target_message_bytes(self.target_message_bytes)
+                    .with_limits(self.ops.limits()),
             )
     }
 
@@ -180,15 +283,20 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         .context("could not start the async runtime")?;
     let pool = HostBufferPool::new(args.pool_config());
     let mut config = args.server_config();
-    config.service = config.service.with_allocator(std::sync::Arc::new(pool));
-    let result = runtime.block_on(run(config));
+    config.service = config
+        .service
+        .with_allocator(std::sync::Arc::new(pool))
+        .with_auth_token(args.ops.auth_token()?);
+    config.tls = args.ops.tls()?;
+    check_config(&config)?;
+    let result = runtime.block_on(run(config, &args.ops));
     // An engine call still running on a blocking thread must not hold the
     // process up indefinitely.
     runtime.shutdown_timeout(EXIT_GRACE);
     result
 }
 
-async fn run(config: ServerConfig) -> anyhow::Result<()> {
+async fn run(config: ServerConfig, ops: &OpsArgs) -> anyhow::Result<()> {
     // Install the signal handlers before announcing readiness, so a signal
     // sent right after the announcement cannot kill the process uncleanly.
     let mut signals = listen_for_signals()?;
@@ -196,8 +304,18 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let addr = listener
         .local_addr()
         .context("could not read the bound address")?;
+    if let Some(warning) = config.exposure_warning(addr) {
+        tracing::warn!("SECURITY: {warning}; anyone who can reach it can use it");
+    }
+    let metrics = match ops.metrics_listen {
+        Some(at) => Some(bind(at).await.context("could not bind --metrics-listen")?),
+        None => None,
+    };
     tracing::info!(
         %addr,
+        tls = config.tls.is_some(),
+        auth = config.service.auth_token.is_some(),
+        limits = ?config.service.limits,
         threads = rayon::current_num_threads(),
         max_message_bytes = config.max_message_bytes,
         target_message_bytes = config.service.target_message_bytes,
@@ -205,6 +323,19 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
     );
     // Scripts wait for this exact line on stdout.
     println!("pixelfeed listening on {addr}");
+    if let Some(listener) = metrics {
+        let at = listener
+            .local_addr()
+            .context("could not read the metrics address")?;
+        println!("pixelfeed metrics on {at}");
+        // Runs until the runtime shuts down.
+        tokio::spawn(serve_metrics(
+            listener,
+            config.service.metrics.clone(),
+            config.service.allocator.clone(),
+            std::future::pending(),
+        ));
+    }
     std::io::stdout()
         .flush()
         .context("could not write to stdout")?;
@@ -229,8 +360,8 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
         name = signals.recv() => {
             tracing::warn!(signal = name.unwrap_or("?"), "stopping without waiting for in-flight calls");
         }
-        () = tokio::time::sleep(SHUTDOWN_GRACE) => {
-            tracing::warn!(grace = ?SHUTDOWN_GRACE, "in-flight calls did not finish in time; stopping");
+        () = tokio::time::sleep(ops.drain_timeout) => {
+            tracing::warn!(drain_timeout = ?ops.drain_timeout, "in-flight calls did not finish in time; stopping");
         }
     }
     tracing::info!("stopped");
@@ -300,6 +431,51 @@ mod tests {
         );
         assert_eq!(config.service.engine, EngineConfig::default());
         assert_eq!(serve_args(&[]).pool_config(), PoolConfig::default());
+        assert_eq!(config.service.limits, CallLimits::default());
+        let ops = serve_args(&[]).ops;
+        assert_eq!(ops.drain_timeout, Duration::from_secs(30));
+        assert!(ops.tls().unwrap().is_none() && ops.metrics_listen.is_none());
+    }
+
+    #[test]
+    fn ops_flags_reach_the_config() {
+        let dir = std::env::temp_dir().join(format!("pixelfeed-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (token, cert, key) = (dir.join("token"), dir.join("cert"), dir.join("key"));
+        std::fs::write(&token, "s3cret\n").unwrap();
+        std::fs::write(&cert, "CERT").unwrap();
+        std::fs::write(&key, "KEY").unwrap();
+        let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+        let args = serve_args(&[
+            &format!("--auth-token-file={}", path(&token)),
+            &format!("--tls-cert={}", path(&cert)),
+            &format!("--tls-key={}", path(&key)),
+            &format!("--tls-client-ca={}", path(&cert)),
+            "--max-rows-per-batch=7",
+            "--max-concurrent-calls=3",
+            "--call-timeout=1.5",
+            "--metrics-listen=127.0.0.1:0",
+            "--drain-timeout=2",
+        ]);
+        let auth = args.ops.auth_token().unwrap().unwrap();
+        assert!(auth.matches(b"s3cret"));
+        let tls = args.ops.tls().unwrap().unwrap();
+        assert_eq!(
+            (tls.cert_pem.as_slice(), tls.key_pem.as_slice()),
+            (&b"CERT"[..], &b"KEY"[..])
+        );
+        assert_eq!(tls.client_ca_pem.as_deref(), Some(&b"CERT"[..]));
+        assert_eq!(
+            args.server_config().service.limits,
+            CallLimits {
+                max_rows_per_batch: 7,
+                max_concurrent_calls: 3,
+                call_timeout: Some(Duration::from_millis(1500)),
+            }
+        );
+        assert_eq!(args.ops.drain_timeout, Duration::from_secs(2));
+        assert!(args.ops.metrics_listen.is_some());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -349,6 +525,12 @@ mod tests {
             "--threads=0",
             "--pinned-pool-bytes=0",
             "--pinned=always",
+            "--max-rows-per-batch=0",
+            "--max-concurrent-calls=0",
+            "--call-timeout=0",
+            "--drain-timeout=-1",
+            "--tls-cert=x",
+            "--tls-client-ca=x",
         ] {
             assert!(
                 Cli::try_parse_from(["pixelfeed", "serve", bad]).is_err(),

@@ -23,7 +23,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Deque, List
+from typing import Deque, Dict, List, Optional
 
 import pytest
 
@@ -66,6 +66,17 @@ class ServerHandle:
                 pytrace=False,
             )
 
+    def stop(self, timeout: float = 10) -> int:
+        """SIGTERM the server, wait up to ``timeout`` s (then kill it); return its exit code."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
     def rss_kib(self, key: str = "VmRSS") -> int:
         """A memory figure of the server from /proc/<pid>/status, in KiB (VmRSS, VmHWM)."""
         with open(f"/proc/{self.pid}/status") as f:
@@ -75,8 +86,8 @@ class ServerHandle:
         raise KeyError(key)
 
 
-def _start_server(*extra_args: str) -> ServerHandle:
-    """Start the binary on 127.0.0.1:0 (plus ``extra_args``) and wait for its listening line."""
+def _start_server(*extra_args: str, env: Optional[Dict[str, str]] = None) -> ServerHandle:
+    """Start the binary on 127.0.0.1:0 (plus ``extra_args`` / ``env``) and wait for its listening line."""
     binary = server_binary()
     if not binary.exists():
         pytest.fail(
@@ -84,7 +95,7 @@ def _start_server(*extra_args: str) -> ServerHandle:
             "`cargo build -p pixelfeed-server --bin pixelfeed` or set PIXELFEED_BIN",
             pytrace=False,
         )
-    env = dict(os.environ)
+    env = {**os.environ, **(env or {})}
     env.setdefault("RUST_LOG", "warn")
     proc = subprocess.Popen(
         [str(binary), "serve", "--listen", "127.0.0.1:0", *extra_args],
@@ -134,18 +145,7 @@ def server():
     try:
         yield handle
     finally:
-        _stop_server(handle)
-
-
-def _stop_server(handle: ServerHandle) -> None:
-    """SIGTERM the server, SIGKILL it if it has not exited after 10 s."""
-    if handle.proc.poll() is None:
-        handle.proc.terminate()
-        try:
-            handle.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            handle.proc.kill()
-            handle.proc.wait()
+        handle.stop()
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ import pyarrow.flight as flight
 import pytest
 
 import pixelfeed
-from conftest import ServerHandle, _start_server, _stop_server, server_binary
+from conftest import ServerHandle, _start_server, server_binary
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e 'clients/python[ray]'")
 pfray = pytest.importorskip("pixelfeed.ray")
@@ -100,7 +100,7 @@ def servers():
         yield started
     finally:
         for s in started:
-            _stop_server(s)
+            s.stop()
 
 
 @pytest.fixture(scope="module")
@@ -352,4 +352,4 @@ def test_read_pixelfeed_against_real_server(servers, local_ray, direct):
         assert out.num_rows == len(_files())
         _assert_same(_by_name(out), direct)
     finally:
-        _stop_server(server)
+        server.stop()

@@ -291,8 +291,7 @@ def test_same_seed_same_bytes_across_servers(client):
         with pixelfeed.connect(other.location) as second:
             b, _, _ = run(second, images, RANDOM_SPEC, batch_size=7)
     finally:
-        other.proc.terminate()
-        other.proc.wait(timeout=30)
+        other.stop()
     assert np.array_equal(a, b)
 
 

@@ -195,16 +195,26 @@ class Client:
         location: Union[str, flight.Location],
         *,
         timeout: Optional[float] = None,
+        token: Optional[str] = None,
+        ca_file: Optional[str] = None,
         **flight_kwargs: Any,
     ) -> None:
-        """Open a Flight client to ``location`` (``grpc://host:port`` or ``host:port``).
+        """Open a Flight client to ``location`` (``grpc://host:port``, ``grpc+tls://host:port`` or ``host:port``).
 
         ``timeout`` (seconds) is the default deadline of every call, ``None``
-        for none. Other keyword arguments go to ``pyarrow.flight.FlightClient``
-        (``tls_root_certs``, ``generic_options``, ...).
+        for none. ``token`` is sent as ``authorization: Bearer <token>`` on
+        every call (the server's ``--auth-token-file``). ``ca_file`` is a PEM
+        file of CA certificates to trust for ``grpc+tls://`` (read into
+        ``tls_root_certs``). Other keyword arguments go to
+        ``pyarrow.flight.FlightClient`` (``tls_root_certs``, ``cert_chain`` and
+        ``private_key`` for mutual TLS, ``override_hostname``, ...).
         """
         self.location = _normalize_location(location)
         self.timeout = timeout
+        self._headers = [(b"authorization", b"Bearer " + token.encode())] if token else []
+        if ca_file is not None:
+            with open(ca_file, "rb") as f:
+                flight_kwargs["tls_root_certs"] = f.read()
         self._flight = flight.FlightClient(self.location, **flight_kwargs)
 
     # -- lifecycle -----------------------------------------------------------------
@@ -231,9 +241,9 @@ class Client:
         return self._flight
 
     def _options(self, timeout: Optional[float]) -> flight.FlightCallOptions:
-        """Call options with the given deadline, else the client's default."""
+        """Call options with the given deadline (else the client's default) and the token header."""
         t = self.timeout if timeout is None else timeout
-        return flight.FlightCallOptions(timeout=t) if t is not None else flight.FlightCallOptions()
+        return flight.FlightCallOptions(timeout=t, headers=self._headers)
 
     # -- calls ---------------------------------------------------------------------
 
@@ -429,8 +439,9 @@ class Client:
 def connect(location: Union[str, flight.Location], **kwargs: Any) -> Client:
     """Connect to a pixelfeed server, e.g. ``connect("grpc://127.0.0.1:8815")``.
 
-    Keyword arguments go to :class:`Client` (``timeout``) and on to
-    ``pyarrow.flight.FlightClient``. The connection is made lazily by gRPC;
+    Keyword arguments go to :class:`Client` (``timeout``, ``token``,
+    ``ca_file``) and on to ``pyarrow.flight.FlightClient``, e.g.
+    ``connect("grpc+tls://host:8815", token=t, ca_file="ca.pem")``. The connection is made lazily by gRPC;
     the first call fails if nothing listens there.
     """
     return Client(location, **kwargs)

@@ -18,7 +18,7 @@ use futures::channel::oneshot;
 use futures::stream::{self, BoxStream, Stream, StreamExt, TryStreamExt};
 use pixelfeed_schema::TransformSpec;
 use serde_json::Value;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::input::{image_batches, image_schema};
 use crate::{ClientError, IntoSpecJson};
@@ -40,6 +40,18 @@ pub struct ClientOptions {
     pub max_encoding_message_size: usize,
     /// How long to wait for the connection; `None` waits as long as the OS does.
     pub connect_timeout: Option<Duration>,
+    /// Bearer token sent as `authorization: Bearer <token>` on every call
+    /// (the server's `--auth-token-file`).
+    pub token: Option<String>,
+    /// CA certificates (PEM) that the server's certificate must chain to;
+    /// required for `grpc+tls://` URLs (this build trusts no system roots).
+    pub tls_ca_pem: Option<Vec<u8>>,
+    /// Client certificate chain and key (PEM), for servers that require
+    /// mutual TLS (`--tls-client-ca`).
+    pub tls_identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// Name to check the server's certificate against, when it differs
+    /// from the URL's host.
+    pub tls_domain: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -48,7 +60,51 @@ impl Default for ClientOptions {
             max_decoding_message_size: DEFAULT_MAX_DECODING_MESSAGE_SIZE,
             max_encoding_message_size: DEFAULT_MAX_ENCODING_MESSAGE_SIZE,
             connect_timeout: Some(Duration::from_secs(10)),
+            token: None,
+            tls_ca_pem: None,
+            tls_identity: None,
+            tls_domain: None,
         }
+    }
+}
+
+impl ClientOptions {
+    /// Sends `token` as a bearer token on every call.
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Trusts the CA certificates in `pem` for `grpc+tls://` servers.
+    pub fn with_tls_ca(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_ca_pem = Some(pem.into());
+        self
+    }
+
+    /// Presents this certificate chain and key (PEM) to the server.
+    pub fn with_tls_identity(mut self, cert: impl Into<Vec<u8>>, key: impl Into<Vec<u8>>) -> Self {
+        self.tls_identity = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// The tonic TLS settings for these options.
+    fn tls_config(&self, url: &str) -> Result<ClientTlsConfig, ClientError> {
+        let ca = self
+            .tls_ca_pem
+            .as_ref()
+            .ok_or_else(|| ClientError::InvalidUrl {
+                url: url.to_string(),
+                reason: "a grpc+tls:// server needs a CA certificate (ClientOptions::with_tls_ca)"
+                    .into(),
+            })?;
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+        if let Some((cert, key)) = &self.tls_identity {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        if let Some(domain) = &self.tls_domain {
+            tls = tls.domain_name(domain.clone());
+        }
+        Ok(tls)
     }
 }
 
@@ -62,18 +118,21 @@ const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
 #[derive(Debug, Clone)]
 pub struct Client {
     inner: FlightServiceClient<Channel>,
+    /// `Bearer <token>`, added to every call.
+    authorization: Option<String>,
 }
 
 impl Client {
     /// Connects to `url` (`grpc://host:port`, `grpc+tcp://host:port` or
-    /// `http://host:port`) with [`ClientOptions::default`].
+    /// `http://host:port`; `grpc+tls://` needs [`Client::connect_with`] and
+    /// a CA) with [`ClientOptions::default`].
     pub async fn connect(url: &str) -> Result<Self, ClientError> {
         Self::connect_with(url, ClientOptions::default()).await
     }
 
     /// Connects to `url` with explicit options.
     pub async fn connect_with(url: &str, options: ClientOptions) -> Result<Self, ClientError> {
-        let http = http_url(url)?;
+        let (http, tls) = http_url(url)?;
         let mut endpoint = Endpoint::from_shared(http).map_err(|e| ClientError::InvalidUrl {
             url: url.to_string(),
             reason: e.to_string(),
@@ -85,6 +144,9 @@ impl Client {
         if let Some(timeout) = options.connect_timeout {
             endpoint = endpoint.connect_timeout(timeout);
         }
+        if tls {
+            endpoint = endpoint.tls_config(options.tls_config(url)?)?;
+        }
         let channel = endpoint.connect().await?;
         Ok(Self::from_channel(channel, &options))
     }
@@ -95,13 +157,19 @@ impl Client {
             inner: FlightServiceClient::new(channel)
                 .max_decoding_message_size(options.max_decoding_message_size)
                 .max_encoding_message_size(options.max_encoding_message_size),
+            authorization: options.token.as_ref().map(|t| format!("Bearer {t}")),
         }
     }
 
-    /// An arrow-flight client on the same connection, for calls this crate
-    /// does not wrap.
+    /// An arrow-flight client on the same connection (carrying the bearer
+    /// token, if any), for calls this crate does not wrap.
     pub fn flight_client(&self) -> FlightClient {
-        FlightClient::new_from_inner(self.inner.clone())
+        let mut client = FlightClient::new_from_inner(self.inner.clone());
+        if let Some(value) = &self.authorization {
+            // Checked to be a valid header value when the call is made.
+            let _ = client.add_header("authorization", value);
+        }
+        client
     }
 
     /// Streams `input` through the server's transform and returns the
@@ -254,8 +322,9 @@ impl Client {
     }
 }
 
-/// Maps the Flight URL schemes onto the `http://` URL tonic connects to.
-fn http_url(url: &str) -> Result<String, ClientError> {
+/// Maps the Flight URL schemes onto the URL tonic connects to, and whether
+/// it is TLS.
+fn http_url(url: &str) -> Result<(String, bool), ClientError> {
     let invalid = |reason: &str| ClientError::InvalidUrl {
         url: url.to_string(),
         reason: reason.to_string(),
@@ -264,10 +333,10 @@ fn http_url(url: &str) -> Result<String, ClientError> {
         .split_once("://")
         .ok_or_else(|| invalid("expected grpc://host:port"))?;
     match scheme {
-        "grpc" | "grpc+tcp" | "http" => Ok(format!("http://{rest}")),
-        "grpc+tls" | "https" => Err(invalid("TLS is not supported by this client build")),
+        "grpc" | "grpc+tcp" | "http" => Ok((format!("http://{rest}"), false)),
+        "grpc+tls" | "https" => Ok((format!("https://{rest}"), true)),
         _ => Err(invalid(
-            "unknown scheme (use grpc://, grpc+tcp:// or http://)",
+            "unknown scheme (use grpc://, grpc+tcp://, grpc+tls://, http:// or https://)",
         )),
     }
 }
@@ -316,14 +385,14 @@ mod tests {
     fn flight_schemes_map_to_http() {
         assert_eq!(
             http_url("grpc://127.0.0.1:8815").unwrap(),
-            "http://127.0.0.1:8815"
+            ("http://127.0.0.1:8815".to_string(), false)
         );
-        assert_eq!(http_url("grpc+tcp://h:1").unwrap(), "http://h:1");
-        assert_eq!(http_url("http://h:1").unwrap(), "http://h:1");
-        assert!(matches!(
-            http_url("grpc+tls://h:1"),
-            Err(ClientError::InvalidUrl { .. })
-        ));
+        assert_eq!(http_url("grpc+tcp://h:1").unwrap().0, "http://h:1");
+        assert_eq!(http_url("http://h:1").unwrap().0, "http://h:1");
+        assert_eq!(
+            http_url("grpc+tls://h:1").unwrap(),
+            ("https://h:1".to_string(), true)
+        );
         assert!(matches!(
             http_url("h:1"),
             Err(ClientError::InvalidUrl { .. })

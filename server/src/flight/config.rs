@@ -3,7 +3,10 @@
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
+use super::auth::AuthToken;
+use super::metrics::Metrics;
 use crate::engine::{BlockAllocator, EngineConfig, HeapAllocator};
 
 /// Default address `pixelfeed serve` listens on.
@@ -21,6 +24,38 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 256 << 20;
 /// several messages (16 MiB).
 pub const DEFAULT_TARGET_MESSAGE_BYTES: usize = 16 << 20;
 
+/// Default cap on rows in one input batch.
+pub const DEFAULT_MAX_ROWS_PER_BATCH: usize = 8192;
+
+/// Default cap on Flight calls in progress at once.
+pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 256;
+
+/// Per-call limits enforced by the service (see the README's Operations
+/// section for the defaults and why).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallLimits {
+    /// Largest number of rows in one input batch; a larger batch fails the
+    /// call with `RESOURCE_EXHAUSTED` before it reaches the engine (one
+    /// batch is one output block, so this bounds a block's size).
+    pub max_rows_per_batch: usize,
+    /// Largest number of calls in progress at once; one more is refused at
+    /// once with `RESOURCE_EXHAUSTED` (never queued).
+    pub max_concurrent_calls: usize,
+    /// Longest a call may run, streaming included; the client's own
+    /// `grpc-timeout`, when earlier, wins. `None`: no server-side limit.
+    pub call_timeout: Option<Duration>,
+}
+
+impl Default for CallLimits {
+    fn default() -> Self {
+        Self {
+            max_rows_per_batch: DEFAULT_MAX_ROWS_PER_BATCH,
+            max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS,
+            call_timeout: None,
+        }
+    }
+}
+
 /// How one `PixelfeedService` processes requests: engine limits, where
 /// tensor bytes are allocated, and how output is cut into messages.
 ///
@@ -37,6 +72,13 @@ pub struct ServiceConfig {
     /// Where output tensor blocks come from (heap by default; a pinned host
     /// pool plugs in here).
     pub allocator: Arc<dyn BlockAllocator>,
+    /// The bearer token every call must carry; `None`: no authentication.
+    pub auth_token: Option<AuthToken>,
+    /// Row, concurrency and time limits per call.
+    pub limits: CallLimits,
+    /// Where the service counts what it does (served by
+    /// [`serve_metrics`](super::serve_metrics) when enabled).
+    pub metrics: Arc<Metrics>,
 }
 
 impl Default for ServiceConfig {
@@ -45,6 +87,9 @@ impl Default for ServiceConfig {
             engine: EngineConfig::default(),
             target_message_bytes: DEFAULT_TARGET_MESSAGE_BYTES,
             allocator: Arc::new(HeapAllocator),
+            auth_token: None,
+            limits: CallLimits::default(),
+            metrics: Arc::default(),
         }
     }
 }
@@ -56,7 +101,9 @@ impl fmt::Debug for ServiceConfig {
             .field("engine", &self.engine)
             .field("target_message_bytes", &self.target_message_bytes)
             .field("allocator", &"dyn BlockAllocator")
-            .finish()
+            .field("auth_token", &self.auth_token)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
     }
 }
 
@@ -78,6 +125,59 @@ impl ServiceConfig {
         self.allocator = allocator;
         self
     }
+
+    /// Requires `token` on every call (`None`: no authentication).
+    pub fn with_auth_token(mut self, token: Option<AuthToken>) -> Self {
+        self.auth_token = token;
+        self
+    }
+
+    /// Replaces the per-call limits.
+    pub fn with_limits(mut self, limits: CallLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Counts into `metrics` (to share one registry between services).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+}
+
+/// The server's TLS identity (PEM), and the CA that client certificates
+/// must chain to for mutual TLS. `Debug` does not show the key.
+#[derive(Clone)]
+pub struct TlsConfig {
+    /// Certificate chain, PEM.
+    pub cert_pem: Vec<u8>,
+    /// Private key, PEM.
+    pub key_pem: Vec<u8>,
+    /// CA certificates (PEM) for client certificates; `Some` requires every
+    /// client to present one (mutual TLS).
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("cert_pem", &format_args!("{} bytes", self.cert_pem.len()))
+            .field("key_pem", &"<redacted>")
+            .field("mutual", &self.client_ca_pem.is_some())
+            .finish()
+    }
+}
+
+impl TlsConfig {
+    /// tonic's server TLS settings.
+    pub fn server_tls_config(&self) -> tonic::transport::ServerTlsConfig {
+        let identity = tonic::transport::Identity::from_pem(&self.cert_pem, &self.key_pem);
+        let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &self.client_ca_pem {
+            tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+        }
+        tls
+    }
 }
 
 /// Everything needed to run a pixelfeed Flight server.
@@ -92,6 +192,8 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// How requests are processed.
     pub service: ServiceConfig,
+    /// Serve over TLS (`None`: plaintext h2c).
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -100,6 +202,7 @@ impl Default for ServerConfig {
             listen: DEFAULT_LISTEN,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             service: ServiceConfig::default(),
+            tls: None,
         }
     }
 }
@@ -121,5 +224,36 @@ impl ServerConfig {
     pub fn with_service(mut self, service: ServiceConfig) -> Self {
         self.service = service;
         self
+    }
+
+    /// Serves over TLS.
+    pub fn with_tls(mut self, tls: Option<TlsConfig>) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// A warning to print when `addr` is reachable from other hosts while
+    /// the server has no token or no TLS (anyone on the network could use
+    /// it, or read the images and the token).
+    pub fn exposure_warning(&self, addr: SocketAddr) -> Option<String> {
+        if addr.ip().is_loopback() {
+            return None;
+        }
+        let missing: Vec<&str> = [
+            self.service
+                .auth_token
+                .is_none()
+                .then_some("authentication (--auth-token-file)"),
+            self.tls.is_none().then_some("TLS (--tls-cert/--tls-key)"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        (!missing.is_empty()).then(|| {
+            format!(
+                "listening on {addr}, which other hosts can reach, WITHOUT {}",
+                missing.join(" and WITHOUT ")
+            )
+        })
     }
 }

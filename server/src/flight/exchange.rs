@@ -19,6 +19,7 @@ use std::future::ready;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use arrow_array::RecordBatch;
 use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
@@ -33,8 +34,10 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
+use tracing::Instrument as _;
 
 use super::config::ServiceConfig;
+use super::metrics;
 use super::split::split_rows;
 use crate::engine::{self, EngineError};
 
@@ -71,7 +74,9 @@ pub async fn start(
         )
     })?;
     let spec = Arc::new(spec_from_descriptor(first.flight_descriptor.as_ref())?);
-    tracing::debug!(spec = %spec.to_json(), "exchange started");
+    let spec_hash = spec_hash(&spec);
+    tracing::Span::current().record("spec_hash", &spec_hash);
+    tracing::debug!(spec = %spec.to_json(), spec_hash, "exchange started");
 
     // pyarrow opens an exchange with a message that carries only the
     // descriptor (no IPC header, no body); arrow-rs's decoder rejects such
@@ -84,7 +89,7 @@ pub async fn start(
 
     let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
     let target = config.target_message_bytes;
-    let producer = tokio::spawn(produce(decoder, spec, config, tx));
+    let producer = tokio::spawn(produce(decoder, spec, config, tx).in_current_span());
     // When tonic drops the response (the client hung up or cancelled), stop
     // reading its input at once rather than at the next send. An engine
     // call already running finishes on its blocking thread and its output
@@ -137,6 +142,15 @@ fn spec_from_descriptor(descriptor: Option<&FlightDescriptor>) -> Result<Transfo
         .map_err(|e| Status::invalid_argument(format!("invalid transform spec: {e}")))
 }
 
+/// A short, stable name for a spec in logs: 16 hex digits of a hash of its
+/// canonical JSON.
+fn spec_hash(spec: &TransformSpec) -> String {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    spec.to_json().hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
 /// Runs the producer half, reporting its error (if any) as the last item.
 async fn produce(
     decoder: FlightDataDecoder,
@@ -160,7 +174,7 @@ async fn pump(
     tx: &mpsc::Sender<OutputResult>,
 ) -> Result<(), Status> {
     let mut schema: Option<SchemaRef> = None;
-    let (mut batches, mut rows) = (0usize, 0usize);
+    let (mut batches, mut rows, mut errors) = (0usize, 0usize, 0usize);
     while let Some(message) = decoder.next().await {
         match message.map_err(input_status)?.payload {
             // A message with only app_metadata: nothing to process.
@@ -198,11 +212,30 @@ async fn pump(
                 if batch.num_rows() == 0 {
                     continue;
                 }
+                let max_rows = config.limits.max_rows_per_batch;
+                if batch.num_rows() > max_rows {
+                    return Err(Status::resource_exhausted(format!(
+                        "an input batch of {} rows is over the server's limit of {max_rows} \
+                         rows per batch (--max-rows-per-batch); send smaller batches",
+                        batch.num_rows()
+                    )));
+                }
+                let input_bytes = metrics::encoded_bytes(&batch);
+                let started = Instant::now();
                 let first_row = rows as u64;
                 let out = process(batch, first_row, Arc::clone(&spec), Arc::clone(&config)).await?;
                 let out = conform(out, schema)?;
+                config
+                    .metrics
+                    .record_batch(input_bytes, &out, started.elapsed());
                 batches += 1;
                 rows += out.num_rows();
+                errors += out
+                    .column_by_name(pixelfeed_schema::columns::ERROR)
+                    .map_or(0, |c| c.len() - c.null_count());
+                let span = tracing::Span::current();
+                span.record("rows", rows);
+                span.record("errors", errors);
                 if tx.send(Ok(Output::Batch(out))).await.is_err() {
                     tracing::debug!(batches, rows, "client went away mid-exchange");
                     return Ok(());
@@ -225,6 +258,7 @@ async fn process(
     config: Arc<ServiceConfig>,
 ) -> Result<RecordBatch, Status> {
     let rows = batch.num_rows();
+    let _queued = config.metrics.engine_batch();
     let joined = tokio::task::spawn_blocking(move || {
         engine::process_batch(
             &batch,
@@ -280,6 +314,11 @@ fn conform(out: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, Status> 
 /// else is a message the client encoded wrongly.
 fn input_status(e: FlightError) -> Status {
     match e {
+        // tonic reports a message over the size limit as OUT_OF_RANGE; to
+        // the client it is a server limit like the others.
+        FlightError::Tonic(status) if status.code() == tonic::Code::OutOfRange => {
+            Status::resource_exhausted(format!("{} (--max-message-bytes)", status.message()))
+        }
         FlightError::Tonic(status) => *status,
         other => Status::invalid_argument(format!("could not decode the input stream: {other}")),
     }

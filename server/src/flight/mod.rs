@@ -18,27 +18,42 @@
 //! listener), [`spawn_loopback`] (a background server for tests and
 //! benches), [`ACTIONS`] (the `DoAction` table).
 //!
+//! Security and limits: [`Guarded`] wraps every Flight call (bearer token
+//! from [`auth`], [`CallLimits`], per-call span and [`metrics`]); TLS comes
+//! from [`TlsConfig`]; the gRPC health service shares the port.
+//!
 //! Status codes: contract violations (bad spec, no `image` column, wrong
 //! type, schema change) are `InvalidArgument`; an output block the
-//! allocator cannot provide is `ResourceExhausted`; other RPCs are
+//! allocator cannot provide, a batch over `max_rows_per_batch` and a call
+//! over `max_concurrent_calls` are `ResourceExhausted`; missing or wrong
+//! credentials are `Unauthenticated`; a call past its deadline is
+//! `DeadlineExceeded`; other RPCs are
 //! `Unimplemented`. Client input never panics the server: engine panics are
 //! caught on the blocking thread and become `Internal`.
 
 mod actions;
+pub mod auth;
 mod config;
 mod exchange;
+mod guard;
+pub mod metrics;
 mod server;
 mod service;
 mod split;
 
 pub use actions::{ActionDef, ACTIONS};
+pub use auth::{AuthError, AuthToken};
 pub use config::{
-    ServerConfig, ServiceConfig, DEFAULT_LISTEN, DEFAULT_MAX_MESSAGE_BYTES,
+    CallLimits, ServerConfig, ServiceConfig, TlsConfig, DEFAULT_LISTEN,
+    DEFAULT_MAX_CONCURRENT_CALLS, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_ROWS_PER_BATCH,
     DEFAULT_TARGET_MESSAGE_BYTES,
 };
 pub use exchange::{engine_status, FlightDataStream, PIPELINE_DEPTH};
+pub use guard::{grpc_timeout, Guarded};
+pub use metrics::{serve_metrics, Metrics};
 pub use server::{
-    bind, flight_service, serve_with_shutdown, spawn_loopback, LoopbackServer, ServerError,
+    bind, check_config, flight_service, serve_with_shutdown, spawn_loopback, LoopbackServer,
+    ServerError,
 };
 pub use service::PixelfeedService;
 pub use split::{batch_data_bytes, split_rows};

@@ -13,6 +13,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use super::config::ServerConfig;
+use super::guard::Guarded;
 use super::service::PixelfeedService;
 
 /// HTTP/2 flow-control windows. hyper's defaults (64 KiB per stream) make a
@@ -35,6 +36,9 @@ pub enum ServerError {
     /// The bound listener's address could not be read.
     #[error("could not read the listener's local address: {0}")]
     LocalAddr(std::io::Error),
+    /// The TLS certificate, key or client CA could not be used.
+    #[error("invalid TLS configuration: {0}")]
+    Tls(tonic::transport::Error),
     /// The gRPC transport failed while serving.
     #[error("the gRPC transport failed: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -60,8 +64,34 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
         .map_err(|source| ServerError::Bind { addr, source })
 }
 
+/// A server builder with the transport settings and TLS of `config`
+/// (fails on an unusable certificate or key).
+fn transport(config: &ServerConfig) -> Result<Server, ServerError> {
+    let builder = Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
+    match &config.tls {
+        Some(tls) => builder
+            .tls_config(tls.server_tls_config())
+            .map_err(ServerError::Tls),
+        None => Ok(builder),
+    }
+}
+
+/// Checks that `config` can be served (today: that its TLS certificate and
+/// key load), so a CLI can fail before it announces readiness.
+pub fn check_config(config: &ServerConfig) -> Result<(), ServerError> {
+    transport(config).map(drop)
+}
+
 /// Serves the pixelfeed Flight service on `listener` until `shutdown`
 /// completes, then stops accepting and lets in-flight calls finish.
+///
+/// Every Flight call goes through the call guard (token, concurrency,
+/// deadline, span); the standard gRPC health service
+/// (`grpc.health.v1.Health`) answers on the same port without a token, so
+/// that load balancers and orchestrators can probe it, and reports
+/// `NOT_SERVING` once shutdown has begun.
 ///
 /// `config.listen` is not used: the listener is already bound.
 pub async fn serve_with_shutdown(
@@ -77,10 +107,29 @@ pub async fn serve_with_shutdown(
             Ok(stream)
         })
     });
-    Server::builder()
-        .initial_stream_window_size(STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-        .add_service(flight_service(&config))
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<FlightServiceServer<PixelfeedService>>()
+        .await;
+    let service = &config.service;
+    let flight = Guarded::new(
+        flight_service(&config),
+        service.auth_token.clone(),
+        service.limits,
+        service.metrics.clone(),
+    );
+    let shutdown = async move {
+        shutdown.await;
+        health
+            .set_not_serving::<FlightServiceServer<PixelfeedService>>()
+            .await;
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+    };
+    transport(&config)?
+        .add_service(health_service)
+        .add_service(flight)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
@@ -91,6 +140,7 @@ pub async fn serve_with_shutdown(
 #[derive(Debug)]
 pub struct LoopbackServer {
     addr: SocketAddr,
+    tls: bool,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), ServerError>>>,
 }
@@ -101,9 +151,15 @@ impl LoopbackServer {
         self.addr
     }
 
-    /// The URL clients connect to, `grpc://127.0.0.1:PORT`.
+    /// The URL clients connect to, `grpc://127.0.0.1:PORT`
+    /// (`grpc+tls://localhost:PORT` when serving TLS: certificates name a
+    /// host, and test certificates usually name `localhost`).
     pub fn url(&self) -> String {
-        format!("grpc://{}", self.addr)
+        if self.tls {
+            format!("grpc+tls://localhost:{}", self.addr.port())
+        } else {
+            format!("grpc://{}", self.addr)
+        }
     }
 
     /// Stops the server and waits until it has shut down.
@@ -134,6 +190,8 @@ impl Drop for LoopbackServer {
 pub async fn spawn_loopback(config: ServerConfig) -> Result<LoopbackServer, ServerError> {
     let listener = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await?;
     let addr = listener.local_addr().map_err(ServerError::LocalAddr)?;
+    check_config(&config)?;
+    let tls = config.tls.is_some();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(serve_with_shutdown(config, listener, async {
         // A dropped sender also means "stop".
@@ -141,6 +199,7 @@ pub async fn spawn_loopback(config: ServerConfig) -> Result<LoopbackServer, Serv
     }));
     Ok(LoopbackServer {
         addr,
+        tls,
         shutdown: Some(tx),
         task: Some(task),
     })

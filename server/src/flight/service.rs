@@ -12,6 +12,7 @@ use futures::stream::{self, BoxStream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::actions::{self, ACTIONS};
+use super::auth;
 use super::config::ServiceConfig;
 use super::exchange;
 
@@ -58,11 +59,19 @@ impl FlightService for PixelfeedService {
     type DoActionStream = RpcStream<arrow_flight::Result>;
     type ListActionsStream = RpcStream<ActionType>;
 
+    /// Basic credentials (password = the token) or a bearer token in,
+    /// `authorization: Bearer <token>` out in the response headers (see
+    /// [`super::auth`]); no messages either way.
     async fn handshake(
         &self,
-        _request: Request<Streaming<HandshakeRequest>>,
+        request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<Self::HandshakeStream>, Status> {
-        Err(unsupported("Handshake"))
+        let bearer = auth::handshake(self.config.auth_token.as_ref(), request.metadata())?;
+        let mut response = Response::new(stream::empty().boxed());
+        if let Some(bearer) = bearer {
+            response.metadata_mut().insert(auth::AUTHORIZATION, bearer);
+        }
+        Ok(response)
     }
 
     async fn list_flights(

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs each fuzz target for SECONDS (default 60) under libFuzzer.
+#   bash fuzz/run.sh [SECONDS]
+# Needs a nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`).
+# Seeds: fuzz/seeds/spec (specs); tests/data/images and, when present,
+# ../shared/corpus/{hostile,real} (images; read only). New inputs go to
+# fuzz/corpus/<target>, crashes to fuzz/artifacts/<target> (both ignored by
+# git); a crash fails the run and prints the reproducer path.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+secs="${1:-60}"
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+  echo "error: cargo-fuzz not found (cargo install cargo-fuzz; needs a nightly toolchain)" >&2
+  exit 1
+fi
+shared="${PIXELFEED_CORPUS:-../../shared/corpus}"
+decode_seeds=(../tests/data/images)
+for d in "$shared/hostile" "$shared/real"; do
+  [ -d "$d" ] && decode_seeds+=("$d")
+done
+mkdir -p corpus/decode corpus/spec
+# AddressSanitizer (cargo-fuzz's default): the output block path has unsafe
+# code; libFuzzer also catches panics, hangs (-timeout) and OOMs.
+cargo +nightly fuzz run decode corpus/decode "${decode_seeds[@]}" -- \
+  -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
+cargo +nightly fuzz run spec corpus/spec seeds/spec -- \
+  -max_total_time="$secs" -timeout=10 -print_final_stats=1
