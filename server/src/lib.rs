@@ -10,6 +10,8 @@
 //!
 //! The `pixelfeed` binary (`src/main.rs`) is a thin CLI shell over these.
 
+pub mod convert;
+pub mod dataset;
 pub mod engine;
 pub mod flight;
 pub mod pool;

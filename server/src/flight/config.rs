@@ -4,6 +4,7 @@ use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
+use super::datasets::DatasetsConfig;
 use crate::engine::{BlockAllocator, EngineConfig, HeapAllocator};
 
 /// Default address `pixelfeed serve` listens on.
@@ -37,6 +38,8 @@ pub struct ServiceConfig {
     /// Where output tensor blocks come from (heap by default; a pinned host
     /// pool plugs in here).
     pub allocator: Arc<dyn BlockAllocator>,
+    /// Server-side datasets (`GetFlightInfo` / `DoGet` / `DoPut`).
+    pub datasets: DatasetsConfig,
 }
 
 impl Default for ServiceConfig {
@@ -45,6 +48,7 @@ impl Default for ServiceConfig {
             engine: EngineConfig::default(),
             target_message_bytes: DEFAULT_TARGET_MESSAGE_BYTES,
             allocator: Arc::new(HeapAllocator),
+            datasets: DatasetsConfig::default(),
         }
     }
 }
@@ -56,6 +60,7 @@ impl fmt::Debug for ServiceConfig {
             .field("engine", &self.engine)
             .field("target_message_bytes", &self.target_message_bytes)
             .field("allocator", &"dyn BlockAllocator")
+            .field("datasets", &self.datasets)
             .finish()
     }
 }
@@ -70,6 +75,12 @@ impl ServiceConfig {
     /// Replaces the target output message size.
     pub fn with_target_message_bytes(mut self, bytes: usize) -> Self {
         self.target_message_bytes = bytes;
+        self
+    }
+
+    /// Replaces the dataset configuration.
+    pub fn with_datasets(mut self, datasets: DatasetsConfig) -> Self {
+        self.datasets = datasets;
         self
     }
 

@@ -45,14 +45,15 @@ pub const PIPELINE_DEPTH: usize = 2;
 pub type FlightDataStream = BoxStream<'static, Result<FlightData, Status>>;
 
 /// What the producer hands the response stream.
-enum Output {
+pub(super) enum Output {
     /// The output schema, sent once, first.
     Schema(SchemaRef),
     /// One processed input batch, whole.
     Batch(RecordBatch),
 }
 
-type OutputResult = Result<Output, Status>;
+/// One item of the producer-to-sender channel.
+pub(super) type OutputResult = Result<Output, Status>;
 
 /// Starts an exchange: reads the first message, validates the spec its
 /// descriptor carries, and returns the response stream.
@@ -82,18 +83,34 @@ pub async fn start(
         .try_filter(|m| ready(!(m.data_header.is_empty() && m.data_body.is_empty())));
     let decoder = FlightDataDecoder::new(messages);
 
-    let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
     let target = config.target_message_bytes;
-    let producer = tokio::spawn(produce(decoder, spec, config, tx));
+    Ok(spawn_pipeline(target, |tx| {
+        produce(decoder, spec, config, tx)
+    }))
+}
+
+/// Runs `producer` (given the sending end of a [`PIPELINE_DEPTH`]-deep
+/// channel) as a task and returns the response stream that sends what it
+/// produces, cut into messages of about `target` bytes. The producer must
+/// send [`Output::Schema`] first. Shared by `DoExchange` and `DoGet`.
+pub(super) fn spawn_pipeline<F>(
+    target: usize,
+    producer: impl FnOnce(mpsc::Sender<OutputResult>) -> F,
+) -> FlightDataStream
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
+    let producer = tokio::spawn(producer(tx));
     // When tonic drops the response (the client hung up or cancelled), stop
-    // reading its input at once rather than at the next send. An engine
-    // call already running finishes on its blocking thread and its output
-    // is dropped.
-    Ok(AbortOnDrop {
+    // the producer at once rather than at its next send. An engine call
+    // already running finishes on its blocking thread and its output is
+    // dropped.
+    AbortOnDrop {
         stream: respond(rx, target),
         producer: producer.abort_handle(),
     }
-    .boxed())
+    .boxed()
 }
 
 /// A response stream that aborts its producer task when dropped.
@@ -198,11 +215,9 @@ async fn pump(
                 if batch.num_rows() == 0 {
                     continue;
                 }
-                let out = process(batch, Arc::clone(&spec), Arc::clone(&config)).await?;
-                let out = conform(out, schema)?;
                 batches += 1;
-                rows += out.num_rows();
-                if tx.send(Ok(Output::Batch(out))).await.is_err() {
+                rows += batch.num_rows();
+                if !process_and_send(batch, &spec, &config, schema, tx).await? {
                     tracing::debug!(batches, rows, "client went away mid-exchange");
                     return Ok(());
                 }
@@ -211,6 +226,21 @@ async fn pump(
     }
     tracing::debug!(batches, rows, "exchange input complete");
     Ok(())
+}
+
+/// Runs the engine on one input batch, gives the output the announced
+/// `schema` and sends it. `Ok(false)` when the response stream is gone (the
+/// client disconnected).
+pub(super) async fn process_and_send(
+    batch: RecordBatch,
+    spec: &Arc<TransformSpec>,
+    config: &Arc<ServiceConfig>,
+    schema: &SchemaRef,
+    tx: &mpsc::Sender<OutputResult>,
+) -> Result<bool, Status> {
+    let out = process(batch, Arc::clone(spec), Arc::clone(config)).await?;
+    let out = conform(out, schema)?;
+    Ok(tx.send(Ok(Output::Batch(out))).await.is_ok())
 }
 
 /// Runs the engine on one batch on a blocking thread: it is CPU-heavy and

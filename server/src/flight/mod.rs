@@ -26,19 +26,23 @@
 
 mod actions;
 mod config;
+mod datasets;
 mod exchange;
 mod server;
 mod service;
 mod split;
+mod tickets;
 
 pub use actions::{ActionDef, ACTIONS};
 pub use config::{
     ServerConfig, ServiceConfig, DEFAULT_LISTEN, DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_TARGET_MESSAGE_BYTES,
 };
+pub use datasets::{dataset_status, DatasetsConfig, DEFAULT_UPLOAD_CAP_BYTES};
 pub use exchange::{engine_status, FlightDataStream, PIPELINE_DEPTH};
 pub use server::{
     bind, flight_service, serve_with_shutdown, spawn_loopback, LoopbackServer, ServerError,
 };
 pub use service::PixelfeedService;
 pub use split::{batch_data_bytes, split_rows};
+pub use tickets::{InfoRequest, ShardTicket, MAX_SHARDS, TICKET_VERSION};
