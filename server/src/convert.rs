@@ -132,7 +132,7 @@ pub struct ConvertOptions {
 pub struct ConvertSummary {
     /// Rows in the destination (all shards).
     pub rows: u64,
-    /// Failed rows by reason (the error text up to its first `:`).
+    /// Failed rows by reason (see `count_errors`).
     pub errors: BTreeMap<String, u64>,
     /// Shards written by this run.
     pub shards_written: u64,
@@ -187,6 +187,7 @@ pub fn convert(options: &ConvertOptions) -> Result<ConvertSummary, ConvertError>
     let dest = &options.dest;
     std::fs::create_dir_all(dest).map_err(|e| write_err(dest)(e.to_string()))?;
     check_manifest(options, rows)?;
+    remove_stale_temporaries(dest)?;
 
     let bar = if options.progress {
         indicatif::ProgressBar::new(rows)
@@ -237,6 +238,20 @@ pub fn convert(options: &ConvertOptions) -> Result<ConvertSummary, ConvertError>
     bar.finish_and_clear();
     summary.elapsed = started.elapsed();
     Ok(summary)
+}
+
+/// Removes shard temporaries an interrupted run left (`.part-*.tmp`):
+/// a temporary is never complete, and one writer owns a destination.
+fn remove_stale_temporaries(dest: &Path) -> Result<(), ConvertError> {
+    let entries = std::fs::read_dir(dest).map_err(|e| write_err(dest)(e.to_string()))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".part-") && name.ends_with(".tmp") {
+            let path = entry.path();
+            std::fs::remove_file(&path).map_err(|e| write_err(&path)(e.to_string()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes the manifest, or checks that an existing one describes this
@@ -426,8 +441,9 @@ fn write_shard(
     Ok(errors)
 }
 
-/// Adds the batch's failed rows to `errors`, keyed by reason (the error
-/// text up to its first `:`).
+/// Adds the batch's failed rows to `errors`, keyed by reason: the error
+/// text up to its first `:` or `(`, numbers replaced by `N` (so "image is
+/// 9000x9000 = 81 Mpx, over the 64 Mpx limit" counts with its kind).
 fn count_errors(batch: &RecordBatch, errors: &mut BTreeMap<String, u64>) {
     let Some(col) = batch
         .column_by_name(columns::ERROR)
@@ -438,8 +454,16 @@ fn count_errors(batch: &RecordBatch, errors: &mut BTreeMap<String, u64>) {
     for i in 0..col.len() {
         if col.is_valid(i) {
             let text = col.value(i);
-            let reason = text.split(':').next().unwrap_or(text).trim();
-            *errors.entry(reason.to_string()).or_default() += 1;
+            let head = text.split([':', '(']).next().unwrap_or(text).trim();
+            let mut reason = String::with_capacity(head.len());
+            for c in head.chars() {
+                if !c.is_ascii_digit() {
+                    reason.push(c);
+                } else if !reason.ends_with('N') {
+                    reason.push('N');
+                }
+            }
+            *errors.entry(reason).or_default() += 1;
         }
     }
 }
