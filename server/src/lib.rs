@@ -5,6 +5,11 @@
 //!   Knows nothing of Flight. Entry point: [`engine::process_batch`].
 //! - [`flight`] — the Arrow Flight service ([`flight::PixelfeedService`])
 //!   that streams batches through the engine. Knows nothing of pixel math.
+//! - [`dataset`] — server-side dataset sources (directory, Parquet,
+//!   WebDataset tar, uploads) read in bounded batches; knows nothing of
+//!   Flight.
+//! - [`convert`] — offline conversion of a dataset into Parquet / Arrow IPC
+//!   tensor shards (`pixelfeed convert`).
 //! - [`pool`] — [`pool::HostBufferPool`], the bounded, recycling (CUDA-pinned
 //!   when possible) host memory the engine writes output tensors into.
 //!
