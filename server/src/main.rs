@@ -13,11 +13,15 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use pixelfeed_schema::TransformSpec;
+use pixelfeed_server::convert::{ConvertOptions, OutputFormat};
+use pixelfeed_server::dataset::ReadOptions;
 use pixelfeed_server::engine::EngineConfig;
 use pixelfeed_server::flight::{
-    bind, check_config, serve_metrics, serve_with_shutdown, AuthToken, CallLimits, ServerConfig,
-    ServiceConfig, TlsConfig, DEFAULT_LISTEN, DEFAULT_MAX_CONCURRENT_CALLS,
+    bind, check_config, serve_metrics, serve_with_shutdown, AuthToken, CallLimits, DatasetsConfig,
+    ServerConfig, ServiceConfig, TlsConfig, DEFAULT_LISTEN, DEFAULT_MAX_CONCURRENT_CALLS,
     DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_ROWS_PER_BATCH, DEFAULT_TARGET_MESSAGE_BYTES,
+    DEFAULT_UPLOAD_CAP_BYTES,
 };
 use pixelfeed_server::pool::{default_cap_bytes, HostBufferPool, PinnedMode, PoolConfig};
 use tokio::sync::mpsc;
@@ -40,6 +44,9 @@ struct Cli {
 enum Command {
     /// Run the Arrow Flight server until SIGINT or SIGTERM.
     Serve(ServeArgs),
+    /// Convert a dataset offline (no server) into Parquet or Arrow IPC
+    /// shards of tensors; rerun to resume.
+    Convert(ConvertArgs),
 }
 
 #[derive(Debug, Args)]
@@ -60,25 +67,11 @@ struct ServeArgs {
     #[arg(long, default_value_t = DEFAULT_TARGET_MESSAGE_BYTES, value_parser = positive_usize)]
     target_message_bytes: usize,
 
-    /// Largest accepted image area (width × height, read from the header
-    /// before decoding); larger images become error rows.
-    #[arg(long, default_value_t = EngineConfig::default().max_pixels)]
-    max_pixels: u64,
+    #[command(flatten)]
+    engine: EngineArgs,
 
-    /// Largest accepted ratio of an image's longer side to its shorter side;
-    /// more elongated images become error rows.
-    #[arg(long, default_value_t = EngineConfig::default().max_aspect_ratio, value_parser = aspect_ratio)]
-    max_aspect_ratio: f64,
-
-    /// Largest accepted encoded size of one image, in bytes; larger images
-    /// become error rows.
-    #[arg(long, default_value_t = EngineConfig::default().max_encoded_bytes)]
-    max_image_bytes: usize,
-
-    /// Worker threads for image processing (the rayon global pool).
-    /// Default: one per CPU core.
-    #[arg(long)]
-    threads: Option<NonZeroUsize>,
+    #[command(flatten)]
+    datasets: DatasetArgs,
 
     /// Cap on the output tensor memory pool, in bytes. Producers wait for a
     /// block to come back instead of allocating past it (backpressure).
@@ -199,6 +192,185 @@ fn seconds(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// Engine limits and threads, shared by `serve` and `convert`.
+#[derive(Debug, Args)]
+struct EngineArgs {
+    /// Largest accepted image area (width × height, read from the header
+    /// before decoding); larger images become error rows.
+    #[arg(long, default_value_t = EngineConfig::default().max_pixels)]
+    max_pixels: u64,
+
+    /// Largest accepted ratio of an image's longer side to its shorter side;
+    /// more elongated images become error rows.
+    #[arg(long, default_value_t = EngineConfig::default().max_aspect_ratio, value_parser = aspect_ratio)]
+    max_aspect_ratio: f64,
+
+    /// Largest accepted encoded size of one image, in bytes; larger images
+    /// become error rows.
+    #[arg(long, default_value_t = EngineConfig::default().max_encoded_bytes)]
+    max_image_bytes: usize,
+
+    /// Worker threads for image processing (the rayon global pool).
+    /// Default: one per CPU core.
+    #[arg(long)]
+    threads: Option<NonZeroUsize>,
+}
+
+impl EngineArgs {
+    fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            max_pixels: self.max_pixels,
+            max_aspect_ratio: self.max_aspect_ratio,
+            max_encoded_bytes: self.max_image_bytes,
+        }
+    }
+
+    /// Starts the global rayon pool the engine parallelises over (0 lets
+    /// rayon pick: one thread per core, or RAYON_NUM_THREADS).
+    fn start_pool(&self) -> anyhow::Result<()> {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(self.threads.map_or(0, NonZeroUsize::get))
+            .thread_name(|i| format!("pixelfeed-engine-{i}"))
+            .build_global()
+            .context("could not start the image worker pool")
+    }
+}
+
+/// `serve` flags for server-side datasets (issue #6).
+#[derive(Debug, Args)]
+struct DatasetArgs {
+    /// Register a dataset: NAME=URI, URI being [dir:|parquet:|tar:]PATH with
+    /// optional ?glob=PATTERN (dir, tar) or ?column=NAME (parquet).
+    /// Repeatable.
+    #[arg(long = "dataset", value_name = "NAME=URI", value_parser = name_uri)]
+    datasets: Vec<(String, String)>,
+
+    /// Another server with the same datasets (grpc://HOST:PORT).
+    /// GetFlightInfo spreads shard endpoints round-robin over this server
+    /// and its peers. Repeatable.
+    #[arg(long = "peer", value_name = "URL")]
+    peers: Vec<String>,
+
+    /// The URL peers and clients reach this server at, put in endpoint
+    /// locations. Default: grpc://ADDR of the bound address (none when
+    /// listening on an unspecified address such as 0.0.0.0).
+    #[arg(long, value_name = "URL")]
+    advertise: Option<String>,
+
+    /// Largest table a client may upload with DoPut to keep in memory.
+    #[arg(long, default_value_t = DEFAULT_UPLOAD_CAP_BYTES, value_parser = positive_usize)]
+    upload_cap_bytes: usize,
+
+    /// Write DoPut uploads here as Parquet instead of keeping them in memory.
+    #[arg(long, value_name = "DIR")]
+    spill_dir: Option<PathBuf>,
+}
+
+impl DatasetArgs {
+    /// Opens every `--dataset` (blocking) into the dataset configuration.
+    fn datasets_config(&self) -> anyhow::Result<DatasetsConfig> {
+        let config = DatasetsConfig {
+            location: self.advertise.clone(),
+            peers: self.peers.clone(),
+            upload_cap_bytes: self.upload_cap_bytes,
+            spill_dir: self.spill_dir.clone(),
+            ..DatasetsConfig::default()
+        };
+        for (name, uri) in &self.datasets {
+            let d = config
+                .registry
+                .register(name, uri)
+                .with_context(|| format!("could not open dataset {name}={uri}"))?;
+            tracing::info!(name, uri, rows = d.rows(), "dataset registered");
+        }
+        Ok(config)
+    }
+}
+
+fn name_uri(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, uri)) if !name.is_empty() && !uri.is_empty() => {
+            Ok((name.to_string(), uri.to_string()))
+        }
+        _ => Err("expected NAME=URI".into()),
+    }
+}
+
+/// `pixelfeed convert` arguments.
+#[derive(Debug, Args)]
+struct ConvertArgs {
+    /// Source dataset URI: [dir:|parquet:|tar:]PATH[?glob=...|?column=...].
+    source: String,
+
+    /// Destination directory (created if missing; rerunning resumes).
+    dest: PathBuf,
+
+    /// Transform spec JSON file.
+    #[arg(long, value_name = "FILE", conflicts_with = "preset")]
+    spec: Option<PathBuf>,
+
+    /// Built-in preset name (default: imagenet).
+    #[arg(long, value_name = "NAME")]
+    preset: Option<String>,
+
+    /// Number of output shards (files).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    shards: u64,
+
+    /// Output file format.
+    #[arg(long, value_enum, default_value_t = FormatArg::Parquet)]
+    format: FormatArg,
+
+    /// Rows per engine batch.
+    #[arg(long, default_value_t = ReadOptions::default().batch_rows, value_parser = positive_usize)]
+    batch_rows: usize,
+
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+/// `--format` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum FormatArg {
+    Parquet,
+    Arrow,
+}
+
+impl ConvertArgs {
+    fn options(&self, progress: bool) -> anyhow::Result<ConvertOptions> {
+        let spec = match &self.spec {
+            Some(path) => {
+                let bytes = std::fs::read(path)
+                    .with_context(|| format!("could not read {}", path.display()))?;
+                TransformSpec::from_json(&bytes)
+                    .with_context(|| format!("invalid spec in {}", path.display()))?
+            }
+            None => {
+                let preset = self.preset.as_deref().unwrap_or("imagenet");
+                TransformSpec::from_value(&serde_json::json!({ "preset": preset }))
+                    .context("invalid --preset")?
+            }
+        };
+        Ok(ConvertOptions {
+            source: self.source.clone(),
+            dest: self.dest.clone(),
+            spec,
+            shards: self.shards,
+            format: match self.format {
+                FormatArg::Parquet => OutputFormat::Parquet,
+                FormatArg::Arrow => OutputFormat::Arrow,
+            },
+            engine: self.engine.engine_config(),
+            read: ReadOptions {
+                batch_rows: self.batch_rows,
+                max_image_bytes: self.engine.max_image_bytes,
+                ..ReadOptions::default()
+            },
+            progress,
+        })
+    }
+}
+
 /// `--pinned` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum PinnedArg {
@@ -227,11 +399,7 @@ fn aspect_ratio(s: &str) -> Result<f64, String> {
 
 impl ServeArgs {
     fn server_config(&self) -> ServerConfig {
-        let engine = EngineConfig {
-            max_pixels: self.max_pixels,
-            max_aspect_ratio: self.max_aspect_ratio,
-            max_encoded_bytes: self.max_image_bytes,
-        };
+        let engine = self.engine.engine_config();
         ServerConfig::default()
             .with_listen(self.listen)
             .with_max_message_bytes(self.max_message_bytes)
@@ -266,17 +434,21 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Serve(args) => serve(&args),
+        Command::Convert(args) => convert(&args),
     }
 }
 
+fn convert(args: &ConvertArgs) -> anyhow::Result<()> {
+    args.engine.start_pool()?;
+    let options = args.options(std::io::stderr().is_terminal())?;
+    let summary = pixelfeed_server::convert::convert(&options)
+        .with_context(|| format!("converting {} failed", args.source))?;
+    println!("{summary}");
+    Ok(())
+}
+
 fn serve(args: &ServeArgs) -> anyhow::Result<()> {
-    // The engine parallelises over the global pool; 0 lets rayon pick
-    // (one thread per core, or RAYON_NUM_THREADS).
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(args.threads.map_or(0, NonZeroUsize::get))
-        .thread_name(|i| format!("pixelfeed-engine-{i}"))
-        .build_global()
-        .context("could not start the image worker pool")?;
+    args.engine.start_pool()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -286,6 +458,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     config.service = config
         .service
         .with_allocator(std::sync::Arc::new(pool))
+        .with_datasets(args.datasets.datasets_config()?)
         .with_auth_token(args.ops.auth_token()?);
     config.tls = args.ops.tls()?;
     check_config(&config)?;
@@ -296,7 +469,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     result
 }
 
-async fn run(config: ServerConfig, ops: &OpsArgs) -> anyhow::Result<()> {
+async fn run(mut config: ServerConfig, ops: &OpsArgs) -> anyhow::Result<()> {
     // Install the signal handlers before announcing readiness, so a signal
     // sent right after the announcement cannot kill the process uncleanly.
     let mut signals = listen_for_signals()?;
@@ -311,6 +484,14 @@ async fn run(config: ServerConfig, ops: &OpsArgs) -> anyhow::Result<()> {
         Some(at) => Some(bind(at).await.context("could not bind --metrics-listen")?),
         None => None,
     };
+    if config.service.datasets.location.is_none() && !addr.ip().is_unspecified() {
+        let scheme = if config.tls.is_some() {
+            "grpc+tls"
+        } else {
+            "grpc"
+        };
+        config.service.datasets.location = Some(format!("{scheme}://{addr}"));
+    }
     tracing::info!(
         %addr,
         tls = config.tls.is_some(),
@@ -411,7 +592,9 @@ mod tests {
 
     fn serve_args(args: &[&str]) -> ServeArgs {
         let cli = Cli::try_parse_from([&["pixelfeed", "serve"], args].concat()).unwrap();
-        let Command::Serve(serve) = cli.command;
+        let Command::Serve(serve) = cli.command else {
+            panic!("not serve")
+        };
         serve
     }
 
@@ -492,7 +675,7 @@ mod tests {
             "--pinned=off",
             "--cuda-device=1",
         ]);
-        assert_eq!(args.threads.map(NonZeroUsize::get), Some(3));
+        assert_eq!(args.engine.threads.map(NonZeroUsize::get), Some(3));
         assert_eq!(
             args.pool_config(),
             PoolConfig {

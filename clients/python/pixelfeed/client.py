@@ -262,6 +262,32 @@ class Client:
             raise ValueError(f"unexpected presets answer: {value!r}")
         return value
 
+    # -- server-side datasets (pixelfeed.datasets) ---------------------------------
+
+    def dataset(self, name: str, spec: SpecLike = None) -> "Any":
+        """A server-side dataset read with ``spec``; see :class:`pixelfeed.datasets.Dataset`."""
+        from .datasets import Dataset
+
+        return Dataset(self, name, spec)
+
+    def register_dataset(self, name: str, uri: str, *, timeout: Optional[float] = None) -> Dict[str, Any]:
+        """Have the server open ``uri`` as dataset ``name``; returns ``{"name", "rows"}``."""
+        from .datasets import register
+
+        return register(self, name, uri, timeout=timeout)
+
+    def read(self, endpoint: flight.FlightEndpoint, *, timeout: Optional[float] = None) -> Iterator[pa.RecordBatch]:
+        """Stream one shard (endpoint) with ``DoGet``; see :func:`pixelfeed.datasets.read`."""
+        from .datasets import read
+
+        return read(self, endpoint, timeout=timeout)
+
+    def read_all(self, endpoints: Any, parallel: int = 4, *, timeout: Optional[float] = None) -> pa.Table:
+        """Read shards in parallel into one table; see :func:`pixelfeed.datasets.read_all`."""
+        from .datasets import read_all
+
+        return read_all(self, endpoints, parallel, timeout=timeout)
+
     def preprocess(
         self,
         images: ImagesLike,

@@ -35,7 +35,7 @@ except ImportError as exc:  # pragma: no cover - exercised where torch is absent
 
 from .arrays import tensor_dtype, tensors, valid
 
-__all__ = ["to_torch", "TorchLoader"]
+__all__ = ["to_torch", "TorchLoader", "ShardedDataset"]
 
 
 def _merge(group: List[pa.RecordBatch]) -> pa.RecordBatch:
@@ -197,3 +197,38 @@ class TorchLoader:
         # allocator the consumer's stream uses it too.
         dev.record_stream(consumer)
         return self._emit(self._select(dev, batch), batch)
+
+
+class ShardedDataset(torch.utils.data.IterableDataset):
+    """A server-side dataset as an ``IterableDataset`` of output record batches.
+
+    The dataset is cut into ``shards`` shards (default: one per reader); each
+    DataLoader worker of each ``torch.distributed`` rank reads the shards
+    :func:`pixelfeed.datasets.assign_shards` gives it, so no row is read
+    twice. Pass ``batch_size=None`` to the DataLoader (items are batches);
+    turn them into tensors with :func:`to_torch`. The client is reconnected
+    in each worker (``location``), as Flight clients do not survive ``fork``.
+    """
+
+    def __init__(self, location: str, name: str, spec=None, shards: Optional[int] = None,
+                 rank: Optional[int] = None, world_size: Optional[int] = None) -> None:
+        """Read dataset ``name`` from the server at ``location`` with ``spec``."""
+        super().__init__()
+        self.location, self.name, self.spec, self.shards = location, name, spec, shards
+        self.rank, self.world_size = rank, world_size
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        """Yield this reader's shards' batches, in shard order."""
+        from .client import connect
+        from .datasets import assign_shards
+
+        dist = torch.distributed
+        on = dist.is_available() and dist.is_initialized()
+        rank = self.rank if self.rank is not None else (dist.get_rank() if on else 0)
+        world = self.world_size if self.world_size is not None else (dist.get_world_size() if on else 1)
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        with connect(self.location) as client:
+            endpoints = client.dataset(self.name, self.spec).shards(self.shards or world * workers)
+            for i in assign_shards(len(endpoints), rank, world, worker, workers):
+                yield from client.read(endpoints[i])

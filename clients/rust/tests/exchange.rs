@@ -438,11 +438,19 @@ async fn other_rpcs_are_unimplemented() {
     let (_server, client) = start_default().await;
     let err = client
         .flight_client()
-        .do_get(Ticket::new("anything"))
+        .get_schema(arrow_flight::FlightDescriptor::new_path(vec!["x".into()]))
         .await
         .unwrap_err();
     let err = ClientError::from(err);
     assert_eq!(err.code(), Some(Code::Unimplemented), "{err}");
+    // DoGet serves dataset shard tickets (issue #6); anything else is refused.
+    let err = client
+        .flight_client()
+        .do_get(Ticket::new("anything"))
+        .await
+        .unwrap_err();
+    let err = ClientError::from(err);
+    assert_eq!(err.code(), Some(Code::InvalidArgument), "{err}");
 }
 
 #[tokio::test]

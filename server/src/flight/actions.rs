@@ -39,6 +39,19 @@ pub const ACTIONS: &[ActionDef] = &[
         handler: stats,
     },
     ActionDef {
+        name: "register_dataset",
+        description: "Registers a server-side dataset. Body: JSON {\"name\", \"uri\"} with uri \
+                      [dir:|parquet:|tar:]PATH[?glob=...|?column=...]. Answer: JSON \
+                      {\"name\", \"rows\"}.",
+        handler: super::datasets::register_action,
+    },
+    ActionDef {
+        name: "datasets",
+        description: "JSON list of the registered datasets, each {\"name\", \"uri\", \"rows\"}. \
+                      Body: ignored.",
+        handler: super::datasets::list_action,
+    },
+    ActionDef {
         name: "health",
         description: "JSON {\"status\": \"ok\"} while the server is serving. Body: ignored.",
         handler: health,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::auth::AuthToken;
+use super::datasets::DatasetsConfig;
 use super::metrics::Metrics;
 use crate::engine::{BlockAllocator, EngineConfig, HeapAllocator};
 
@@ -79,6 +80,8 @@ pub struct ServiceConfig {
     /// Where the service counts what it does (served by
     /// [`serve_metrics`](super::serve_metrics) when enabled).
     pub metrics: Arc<Metrics>,
+    /// Server-side datasets (`GetFlightInfo` / `DoGet` / `DoPut`).
+    pub datasets: DatasetsConfig,
 }
 
 impl Default for ServiceConfig {
@@ -90,6 +93,7 @@ impl Default for ServiceConfig {
             auth_token: None,
             limits: CallLimits::default(),
             metrics: Arc::default(),
+            datasets: DatasetsConfig::default(),
         }
     }
 }
@@ -103,6 +107,7 @@ impl fmt::Debug for ServiceConfig {
             .field("allocator", &"dyn BlockAllocator")
             .field("auth_token", &self.auth_token)
             .field("limits", &self.limits)
+            .field("datasets", &self.datasets)
             .finish_non_exhaustive()
     }
 }
@@ -117,6 +122,12 @@ impl ServiceConfig {
     /// Replaces the target output message size.
     pub fn with_target_message_bytes(mut self, bytes: usize) -> Self {
         self.target_message_bytes = bytes;
+        self
+    }
+
+    /// Replaces the dataset configuration.
+    pub fn with_datasets(mut self, datasets: DatasetsConfig) -> Self {
+        self.datasets = datasets;
         self
     }
 

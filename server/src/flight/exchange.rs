@@ -48,14 +48,15 @@ pub const PIPELINE_DEPTH: usize = 2;
 pub type FlightDataStream = BoxStream<'static, Result<FlightData, Status>>;
 
 /// What the producer hands the response stream.
-enum Output {
+pub(super) enum Output {
     /// The output schema, sent once, first.
     Schema(SchemaRef),
     /// One processed input batch, whole.
     Batch(RecordBatch),
 }
 
-type OutputResult = Result<Output, Status>;
+/// One item of the producer-to-sender channel.
+pub(super) type OutputResult = Result<Output, Status>;
 
 /// Starts an exchange: reads the first message, validates the spec its
 /// descriptor carries, and returns the response stream.
@@ -87,18 +88,34 @@ pub async fn start(
         .try_filter(|m| ready(!(m.data_header.is_empty() && m.data_body.is_empty())));
     let decoder = FlightDataDecoder::new(messages);
 
-    let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
     let target = config.target_message_bytes;
-    let producer = tokio::spawn(produce(decoder, spec, config, tx).in_current_span());
+    Ok(spawn_pipeline(target, |tx| {
+        produce(decoder, spec, config, tx).in_current_span()
+    }))
+}
+
+/// Runs `producer` (given the sending end of a [`PIPELINE_DEPTH`]-deep
+/// channel) as a task and returns the response stream that sends what it
+/// produces, cut into messages of about `target` bytes. The producer must
+/// send [`Output::Schema`] first. Shared by `DoExchange` and `DoGet`.
+pub(super) fn spawn_pipeline<F>(
+    target: usize,
+    producer: impl FnOnce(mpsc::Sender<OutputResult>) -> F,
+) -> FlightDataStream
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
+    let producer = tokio::spawn(producer(tx));
     // When tonic drops the response (the client hung up or cancelled), stop
-    // reading its input at once rather than at the next send. An engine
-    // call already running finishes on its blocking thread and its output
-    // is dropped.
-    Ok(AbortOnDrop {
+    // the producer at once rather than at its next send. An engine call
+    // already running finishes on its blocking thread and its output is
+    // dropped.
+    AbortOnDrop {
         stream: respond(rx, target),
         producer: producer.abort_handle(),
     }
-    .boxed())
+    .boxed()
 }
 
 /// A response stream that aborts its producer task when dropped.
@@ -220,26 +237,18 @@ async fn pump(
                         batch.num_rows()
                     )));
                 }
-                let input_bytes = metrics::encoded_bytes(&batch);
-                let started = Instant::now();
                 let first_row = rows as u64;
-                let out = process(batch, first_row, Arc::clone(&spec), Arc::clone(&config)).await?;
-                let out = conform(out, schema)?;
-                config
-                    .metrics
-                    .record_batch(input_bytes, &out, started.elapsed());
                 batches += 1;
-                rows += out.num_rows();
-                errors += out
-                    .column_by_name(pixelfeed_schema::columns::ERROR)
-                    .map_or(0, |c| c.len() - c.null_count());
+                rows += batch.num_rows();
+                let sent = process_and_send(batch, first_row, &spec, &config, schema, tx).await?;
                 let span = tracing::Span::current();
                 span.record("rows", rows);
-                span.record("errors", errors);
-                if tx.send(Ok(Output::Batch(out))).await.is_err() {
+                let Some(error_rows) = sent else {
                     tracing::debug!(batches, rows, "client went away mid-exchange");
                     return Ok(());
-                }
+                };
+                errors += error_rows;
+                span.record("errors", errors);
             }
         }
     }
@@ -247,8 +256,37 @@ async fn pump(
     Ok(())
 }
 
-/// Runs the engine on one batch (whose first row is row `first_row` of the
-/// call, which keys the random draws) on a blocking thread: it is CPU-heavy and
+/// Runs the engine on one input batch (whose first row is row `first_row`
+/// of the stream, which keys the random draws), gives the output the
+/// announced `schema`, records it in the metrics and sends it. Returns the
+/// number of error rows sent, or `None` when the response stream is gone
+/// (the client disconnected).
+pub(super) async fn process_and_send(
+    batch: RecordBatch,
+    first_row: u64,
+    spec: &Arc<TransformSpec>,
+    config: &Arc<ServiceConfig>,
+    schema: &SchemaRef,
+    tx: &mpsc::Sender<OutputResult>,
+) -> Result<Option<usize>, Status> {
+    let input_bytes = metrics::encoded_bytes(&batch);
+    let started = Instant::now();
+    let out = process(batch, first_row, Arc::clone(spec), Arc::clone(config)).await?;
+    let out = conform(out, schema)?;
+    config
+        .metrics
+        .record_batch(input_bytes, &out, started.elapsed());
+    let error_rows = out
+        .column_by_name(pixelfeed_schema::columns::ERROR)
+        .map_or(0, |c| c.len() - c.null_count());
+    Ok(tx
+        .send(Ok(Output::Batch(out)))
+        .await
+        .is_ok()
+        .then_some(error_rows))
+}
+
+/// Runs the engine on one batch on a blocking thread: it is CPU-heavy and
 /// blocks (rayon inside, and an allocator that may wait for a free block),
 /// so it must not run on the async runtime's workers.
 async fn process(

@@ -34,12 +34,14 @@
 mod actions;
 pub mod auth;
 mod config;
+mod datasets;
 mod exchange;
 mod guard;
 pub mod metrics;
 mod server;
 mod service;
 mod split;
+mod tickets;
 
 pub use actions::{ActionDef, ACTIONS};
 pub use auth::{AuthError, AuthToken};
@@ -48,6 +50,7 @@ pub use config::{
     DEFAULT_MAX_CONCURRENT_CALLS, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_ROWS_PER_BATCH,
     DEFAULT_TARGET_MESSAGE_BYTES,
 };
+pub use datasets::{dataset_status, DatasetsConfig, DEFAULT_UPLOAD_CAP_BYTES};
 pub use exchange::{engine_status, FlightDataStream, PIPELINE_DEPTH};
 pub use guard::{grpc_timeout, Guarded};
 pub use metrics::{serve_metrics, Metrics};
@@ -57,3 +60,4 @@ pub use server::{
 };
 pub use service::PixelfeedService;
 pub use split::{batch_data_bytes, split_rows};
+pub use tickets::{InfoRequest, ShardTicket, MAX_SHARDS, TICKET_VERSION};

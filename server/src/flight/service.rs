@@ -14,11 +14,13 @@ use tonic::{Request, Response, Status, Streaming};
 use super::actions::{self, ACTIONS};
 use super::auth;
 use super::config::ServiceConfig;
-use super::exchange;
+use super::{datasets, exchange};
 
 /// The pixelfeed Arrow Flight service: `DoExchange` turns batches of
-/// encoded images into tensor batches; `ListActions`/`DoAction` answer
-/// side questions (`presets`, `health`).
+/// encoded images into tensor batches; `ListFlights` / `GetFlightInfo` /
+/// `DoGet` / `DoPut` serve server-side datasets as sharded tensor streams;
+/// `ListActions`/`DoAction` answer side questions (`presets`, `health`,
+/// `register_dataset`).
 ///
 /// Cheap to clone (the configuration is shared).
 #[derive(Debug, Clone, Default)]
@@ -43,7 +45,7 @@ impl PixelfeedService {
 fn unsupported(rpc: &str) -> Status {
     Status::unimplemented(format!(
         "pixelfeed does not implement {rpc}; it offers DoExchange (images in, tensors out), \
-         ListActions and DoAction"
+         ListFlights, GetFlightInfo, DoGet and DoPut (datasets), ListActions and DoAction"
     ))
 }
 
@@ -78,14 +80,18 @@ impl FlightService for PixelfeedService {
         &self,
         _request: Request<Criteria>,
     ) -> Result<Response<Self::ListFlightsStream>, Status> {
-        Err(unsupported("ListFlights"))
+        let infos = datasets::list(&self.config.datasets)?;
+        Ok(Response::new(
+            stream::iter(infos.into_iter().map(Ok)).boxed(),
+        ))
     }
 
     async fn get_flight_info(
         &self,
-        _request: Request<FlightDescriptor>,
+        request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        Err(unsupported("GetFlightInfo"))
+        let info = datasets::flight_info(&self.config.datasets, request.into_inner())?;
+        Ok(Response::new(info))
     }
 
     async fn poll_flight_info(
@@ -104,16 +110,21 @@ impl FlightService for PixelfeedService {
 
     async fn do_get(
         &self,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
-        Err(unsupported("DoGet"))
+        let stream = datasets::do_get(&self.config, &request.into_inner().ticket)?;
+        Ok(Response::new(stream))
     }
 
     async fn do_put(
         &self,
-        _request: Request<Streaming<FlightData>>,
+        request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoPutStream>, Status> {
-        Err(unsupported("DoPut"))
+        let answer = datasets::do_put(&self.config, request.into_inner()).await?;
+        let result = PutResult {
+            app_metadata: answer.to_string().into(),
+        };
+        Ok(Response::new(stream::once(async { Ok(result) }).boxed()))
     }
 
     async fn do_exchange(
@@ -129,7 +140,14 @@ impl FlightService for PixelfeedService {
         request: Request<Action>,
     ) -> Result<Response<Self::DoActionStream>, Status> {
         let action = request.into_inner();
-        let body = actions::run(&self.config, &action.r#type, &action.body)?;
+        // Some actions block (register_dataset lists or scans files), so
+        // every action runs on a blocking thread; the others are cheap.
+        let config = Arc::clone(&self.config);
+        let body = tokio::task::spawn_blocking(move || {
+            actions::run(&config, &action.r#type, &action.body)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the action failed: {e}")))??;
         let result = arrow_flight::Result { body };
         Ok(Response::new(stream::once(async { Ok(result) }).boxed()))
     }

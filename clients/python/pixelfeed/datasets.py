@@ -1,0 +1,148 @@
+"""Server-side datasets: sharded reads of data the server reads itself.
+
+The server registers datasets (``pixelfeed serve --dataset NAME=URI`` or
+:meth:`pixelfeed.Client.register_dataset`). ``GetFlightInfo`` with a CMD
+descriptor ``{"dataset": NAME, "spec": ..., "shards": K}`` answers with the
+output schema and K endpoints, one per contiguous shard of rows; each
+endpoint's ticket is self-describing, so any server listed in its locations
+(the server and its ``--peer``\\ s) can serve it with ``DoGet``.
+
+Example::
+
+    ds = client.dataset("train", "imagenet")
+    endpoints = ds.shards(8)
+    for batch in client.read(endpoints[0]):
+        x = pixelfeed.tensors(batch)
+    table = client.read_all(endpoints, parallel=4)
+
+:func:`assign_shards` is the rule that splits shards over data-loader workers
+and distributed ranks without overlap (used by
+``pixelfeed.torch.ShardedDataset``).
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .client import Client, SpecLike
+
+__all__ = ["Dataset", "read", "read_all", "assign_shards", "info_command"]
+
+
+def info_command(name: str, spec: "SpecLike", shards: int) -> bytes:
+    """The ``GetFlightInfo`` CMD descriptor bytes for a sharded read."""
+    from .client import encode_spec
+
+    return json.dumps({"dataset": name, "spec": json.loads(encode_spec(spec)), "shards": int(shards)}).encode()
+
+
+class Dataset:
+    """A named server-side dataset read with one transform spec."""
+
+    def __init__(self, client: "Client", name: str, spec: "SpecLike" = None) -> None:
+        """Bind ``name`` on ``client``'s server to ``spec`` (default: the imagenet preset)."""
+        self.client = client
+        self.name = name
+        self.spec = spec
+
+    def __repr__(self) -> str:
+        """Show the dataset's name and server."""
+        return f"pixelfeed.Dataset({self.name!r} on {self.client.location!r})"
+
+    def info(self, shards: int = 1, *, timeout: Optional[float] = None) -> flight.FlightInfo:
+        """``GetFlightInfo`` for ``shards`` shards: output schema, row count, endpoints."""
+        descriptor = flight.FlightDescriptor.for_command(info_command(self.name, self.spec, shards))
+        return self.client.flight_client.get_flight_info(descriptor, self.client._options(timeout))
+
+    def shards(self, k: int = 1, *, timeout: Optional[float] = None) -> List[flight.FlightEndpoint]:
+        """The dataset cut into ``k`` contiguous shards, as Flight endpoints (in row order)."""
+        return list(self.info(k, timeout=timeout).endpoints)
+
+    def schema(self, *, timeout: Optional[float] = None) -> pa.Schema:
+        """The output schema (passthrough columns, then the tensor and its companions)."""
+        return self.info(1, timeout=timeout).schema
+
+
+def _locations(endpoint: flight.FlightEndpoint) -> List[str]:
+    return [loc.uri.decode() if isinstance(loc.uri, bytes) else str(loc.uri) for loc in endpoint.locations]
+
+
+def read(
+    client: "Client", endpoint: flight.FlightEndpoint, *, timeout: Optional[float] = None
+) -> Iterator[pa.RecordBatch]:
+    """Stream one shard's output batches with ``DoGet``.
+
+    The endpoint's locations are tried in order (the first is the server the
+    shard was assigned to, the others are alternatives); an endpoint without
+    locations is read from ``client``'s own server. A location that cannot be
+    reached (``FlightUnavailableError``) before any batch arrived moves on
+    to the next.
+    """
+    locations = _locations(endpoint) or [None]
+    last: Optional[BaseException] = None
+    for loc in locations:
+        own = loc is None or loc == str(client.location)
+        conn = client.flight_client if own else flight.FlightClient(loc)
+        try:
+            reader = conn.do_get(endpoint.ticket, client._options(timeout))
+            for chunk in reader:
+                yield chunk.data
+            return
+        except flight.FlightUnavailableError as exc:
+            last = exc
+            continue
+        finally:
+            if not own:
+                conn.close()
+    raise last if last is not None else RuntimeError("endpoint has no usable location")
+
+
+def read_all(
+    client: "Client",
+    endpoints: Sequence[flight.FlightEndpoint],
+    parallel: int = 4,
+    *,
+    timeout: Optional[float] = None,
+) -> pa.Table:
+    """Read every endpoint (``parallel`` at a time) into one table, in endpoint order."""
+    endpoints = list(endpoints)
+    if not endpoints:
+        raise ValueError("no endpoints to read")
+
+    def one(ep: flight.FlightEndpoint) -> List[pa.RecordBatch]:
+        return list(read(client, ep, timeout=timeout))
+
+    with ThreadPoolExecutor(max_workers=max(1, int(parallel))) as pool:
+        parts = list(pool.map(one, endpoints))
+    batches = [b for part in parts for b in part]
+    if batches:
+        return pa.Table.from_batches(batches)
+    # No rows at all: the schema still comes from GetFlightInfo's answer,
+    # which DoGet repeats; read it off an (empty) stream.
+    conn = client.flight_client
+    return conn.do_get(endpoints[0].ticket, client._options(timeout)).read_all()
+
+
+def assign_shards(n_shards: int, rank: int = 0, world_size: int = 1, worker: int = 0, workers: int = 1) -> List[int]:
+    """Shard indices one reader takes: reader ``rank * workers + worker`` of
+    ``world_size * workers`` takes every shard whose index is congruent to it.
+
+    Across all ranks and workers every shard is taken exactly once.
+    """
+    if not (0 <= rank < world_size and 0 <= worker < workers):
+        raise ValueError(f"rank {rank}/{world_size}, worker {worker}/{workers} out of range")
+    reader, readers = rank * workers + worker, world_size * workers
+    return list(range(reader, n_shards, readers))
+
+
+def register(client: "Client", name: str, uri: str, *, timeout: Optional[float] = None) -> Dict[str, Any]:
+    """``DoAction("register_dataset")``: the server opens ``uri`` as ``name``; returns ``{"name", "rows"}``."""
+    body = json.dumps({"name": name, "uri": uri}).encode()
+    results = list(client.flight_client.do_action(flight.Action("register_dataset", body), client._options(timeout)))
+    return json.loads(b"".join(r.body.to_pybytes() for r in results))
