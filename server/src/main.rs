@@ -43,7 +43,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the Arrow Flight server until SIGINT or SIGTERM.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Convert a dataset offline (no server) into Parquet or Arrow IPC
     /// shards of tensors; rerun to resume.
     Convert(ConvertArgs),
@@ -595,7 +595,7 @@ mod tests {
         let Command::Serve(serve) = cli.command else {
             panic!("not serve")
         };
-        serve
+        *serve
     }
 
     #[test]
