@@ -586,10 +586,7 @@ impl TransformSpec {
                 height,
                 width,
                 pad_value,
-            } => {
-                let pad = &pad_value[..self.channels()];
-                json!({"mode": mode, "height": height, "width": width, "pad_value": pad})
-            }
+            } => json!({"mode": mode, "height": height, "width": width, "pad_value": pad_value}),
             Resize::None => json!({"mode": mode}),
         };
         let crop = match self.crop {
@@ -1097,6 +1094,7 @@ mod tests {
             json!({"resize": {"mode": "longer_side", "size": 300}, "crop": {"mode": "center", "height": 200, "width": 300}}),
             json!({"resize": {"mode": "fit", "height": 64, "width": 80, "pad_value": [114, 114, 114]}, "dtype": "float16"}),
             json!({"resize": {"mode": "fit", "height": 64, "width": 80, "pad_value": 3}, "color": "gray", "normalize": null}),
+            json!({"resize": {"mode": "fit", "height": 64, "width": 80, "pad_value": [1, 2, 3]}, "color": "gray"}),
             json!({"resize": {"mode": "none"}, "crop": {"mode": "box", "top": -4, "left": 10, "height": 32, "width": 16}, "color": "bgr", "dtype": "bfloat16"}),
             json!({"crop": {"mode": "center", "height": 10, "width": 10}, "flip": {"vertical_p": 0.25}, "seed": 18446744073709551615u64, "strict": true}),
             json!({"crop": {"mode": "random_resized_crop", "height": 8, "width": 8, "scale": [0.5, 1], "ratio": [1, 2]}}),
