@@ -147,3 +147,31 @@ def test_torch_sharded_dataset_splits_ranks_and_workers(client, location, tmp_pa
         seen += [p for batch in loader for p in batch.column("path").to_pylist()]
     assert sorted(seen) == sorted(n for n, _ in images)
     assert len(seen) == len(set(seen))
+
+
+#: A spec with random crops and flips: every draw depends on the seed and the
+#: row's index in the dataset, so shards must reproduce a single streamed call.
+RANDOM = {"preset": "imagenet_train", "seed": 77, "crop": {"mode": "random_resized_crop", "height": 32, "width": 32}}
+
+
+def test_random_draws_follow_the_dataset_row_not_the_shard(client, tmp_path: Path):
+    images = _images()
+    path = tmp_path / "imgs.parquet"
+    pq.write_table(pa.table({"image": pa.array([b for _, b in images], pa.binary())}), path, row_group_size=3)
+    name = f"rnd-{uuid.uuid4().hex[:8]}"
+    client.register_dataset(name, f"parquet:{path}")
+    streamed = _streamed(client, images, RANDOM)
+    for shards in (1, 4):
+        got = client.read_all(client.dataset(name, RANDOM).shards(shards), parallel=2)
+        np.testing.assert_array_equal(_tensor(got), streamed, err_msg=f"{shards} shards")
+
+    spec_file = tmp_path / "random.json"
+    spec_file.write_text(pixelfeed.encode_spec(RANDOM).decode())
+    dest = tmp_path / "converted"
+    run = subprocess.run(
+        [str(server_binary()), "convert", f"parquet:{path}", str(dest), "--spec", str(spec_file), "--shards", "3"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    table = pa.concat_tables([pq.read_table(f) for f in sorted(dest.glob("part-*.parquet"))])
+    np.testing.assert_array_equal(_tensor(table), streamed)
