@@ -9,16 +9,18 @@ needed to talk to the server; this module only saves the boilerplate:
   same rows in the same order (an input batch may come back split in several);
 - ``DoAction("presets")`` returns the built-in presets as JSON.
 
-Writing and reading run at the same time (a writer thread feeds the request
-stream while the caller's thread reads the responses), so an input of any size
-streams through with bounded memory and no deadlock on gRPC flow control.
+Writing and reading take turns on the caller's thread, with a couple of input
+batches written ahead of the outputs read back, so an input of any size streams
+through with bounded memory, no deadlock on gRPC flow control, and no writer
+thread racing the reader when the server ends a call early (see
+``Client._exchange``).
 """
 
 from __future__ import annotations
 
 import json
-import threading
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
+from collections import deque
+from typing import Any, Deque, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
 import pyarrow as pa
 import pyarrow.flight as flight
@@ -41,6 +43,11 @@ ImagesLike = Union[
 ]
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)
+#: Input batches written ahead of the rows read back in one exchange. Below
+#: the server's pipeline depth (two processed batches queued besides the one
+#: being sent), so the server always keeps reading and a write never waits
+#: on our own reads; see ``Client._exchange``.
+_BATCHES_IN_FLIGHT = 2
 _BINARY_LIMIT = (1 << 31) - 1  # total bytes one `binary` array can address
 
 
@@ -137,7 +144,7 @@ def _input_stream(images: ImagesLike, batch_size: int) -> Tuple[pa.Schema, Itera
     """Normalise any accepted ``images`` argument to (schema, batch iterator).
 
     Only the first element of a lazy iterable is consumed here (to learn the
-    schema); the rest is pulled by the writer thread as the stream proceeds.
+    schema); the rest is pulled as the stream proceeds.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -366,86 +373,112 @@ class Client:
         batches: Iterator[pa.RecordBatch],
         options: flight.FlightCallOptions,
     ) -> Iterator[pa.RecordBatch]:
-        """Run one ``DoExchange``: a writer thread sends, this generator reads.
+        """Run one ``DoExchange`` from this one thread, writing and reading in turn.
 
-        Failure handling:
-        - an error raised while *producing* input (the caller's iterator, a
-          schema mismatch) cancels the call and is re-raised here;
-        - an error *writing* to the stream (usually: the server ended the call)
-          is not reported by itself: the reader then sees the server's status,
-          which carries the real reason;
-        - the generator being closed early (``break``) cancels the call.
+        Why one thread: Arrow C++'s exchange stream is not safe when the
+        server ends the call while another thread writes: the reader's
+        internal ``Finish`` half-closes the stream, and a concurrent or later
+        write or ``done_writing`` aborts the whole process inside gRPC
+        ("API misuse ... GRPC_CALL_ERROR_TOO_MANY_OPERATIONS"). Interleaving
+        writes and reads on one thread rules that out for every way a call
+        can end (server error, deadline, cancellation, lost connection).
+
+        Why no deadlock: at most :data:`_BATCHES_IN_FLIGHT` input batches are
+        written ahead of the rows read back. The server keeps up to its
+        pipeline depth of processed batches queued (two) besides the one it
+        is sending, so it never stops reading our input while fewer than that
+        many are outstanding, and a write never waits on our own reads. Every
+        input row gives exactly one output row in order, so counting rows
+        tells which batches are still outstanding.
+
+        Failure handling: an error raised while *producing* input (the
+        caller's iterator, a schema mismatch) cancels the call and is
+        re-raised; an error *writing* (usually: the server ended the call) is
+        replaced by the server's status, read next, which carries the real
+        reason; closing the generator early (``break``) cancels the call.
         """
         descriptor = flight.FlightDescriptor.for_command(command)
         writer, reader = self._flight.do_exchange(descriptor, options)
-        input_error: List[BaseException] = []
-        write_error: List[BaseException] = []
-        rows_sent = [0]
+        outstanding: Deque[int] = deque()  # rows of each batch not fully read back
+        rows_sent = 0
+        rows_received = 0
+        finished = False
 
-        def pump() -> None:
-            """Writer thread: send the schema and every batch, then half-close."""
+        def read_one() -> Tuple[bool, Optional[pa.RecordBatch]]:
+            """Read one message: (whether the stream goes on, its batch if any)."""
+            nonlocal rows_received
+            try:
+                chunk = reader.read_chunk()
+            except StopIteration:
+                return False, None
+            if chunk.data is None:  # a message with only app_metadata
+                return True, None
+            rows_received += chunk.data.num_rows
+            left = chunk.data.num_rows
+            while left and outstanding:
+                taken = min(left, outstanding[0])
+                left -= taken
+                outstanding[0] -= taken
+                if outstanding[0] == 0:
+                    outstanding.popleft()
+            return True, chunk.data
+
+        try:
+            write_failed: Optional[BaseException] = None
+            stream_ended = False
             try:
                 writer.begin(schema)
-            except BaseException as e:  # noqa: BLE001 - reported via the reader
-                write_error.append(e)
-                return
+            except pa.ArrowException as e:
+                write_failed = e
             it = iter(batches)
-            while True:
+            while write_failed is None and not stream_ended:
                 try:
                     batch = next(it)
-                    if not _same_schema(batch.schema, schema):
-                        raise ValueError(
-                            "all input batches must share one schema; got\n"
-                            f"{batch.schema}\nafter\n{schema}"
-                        )
                 except StopIteration:
                     break
-                except BaseException as e:  # noqa: BLE001 - re-raised by the reader side
-                    input_error.append(e)
-                    try:
-                        reader.cancel()
-                    except Exception:  # noqa: BLE001
-                        pass
-                    return
+                if not _same_schema(batch.schema, schema):
+                    raise ValueError(
+                        "all input batches must share one schema; got\n"
+                        f"{batch.schema}\nafter\n{schema}"
+                    )
                 if batch.num_rows == 0:
                     continue
+                # Make room: read back until fewer batches are outstanding.
+                while len(outstanding) >= _BATCHES_IN_FLIGHT:
+                    going_on, data = read_one()
+                    if not going_on:
+                        stream_ended = True  # ended early: its status is read below
+                        break
+                    if data is not None:
+                        yield data
+                if stream_ended:
+                    break
                 try:
                     writer.write_batch(batch)
-                except BaseException as e:  # noqa: BLE001
-                    write_error.append(e)
-                    return
-                rows_sent[0] += batch.num_rows
-            try:
-                writer.done_writing()
-            except BaseException as e:  # noqa: BLE001
-                write_error.append(e)
-
-        thread = threading.Thread(target=pump, name="pixelfeed-writer", daemon=True)
-        thread.start()
-        finished = False
-        rows_received = 0
-        try:
-            while True:
-                try:
-                    chunk = reader.read_chunk()
-                except StopIteration:
+                except pa.ArrowException as e:
+                    write_failed = e
                     break
-                except BaseException as e:
-                    thread.join(timeout=5)
-                    if input_error:
-                        raise input_error[0] from e
-                    raise
-                if chunk.data is not None:
-                    rows_received += chunk.data.num_rows
-                    yield chunk.data
-            thread.join()
-            if input_error:
-                raise input_error[0]
-            if write_error:
-                raise write_error[0]
-            if rows_received != rows_sent[0]:
+                outstanding.append(batch.num_rows)
+                rows_sent += batch.num_rows
+            if write_failed is None and not stream_ended:
+                try:
+                    writer.done_writing()
+                except pa.ArrowException as e:
+                    write_failed = e
+            # The rest of the output. A call the server ended raises its
+            # status here, which explains a failed write better than the
+            # write's own error does.
+            while True:
+                going_on, data = read_one()
+                if not going_on:
+                    break
+                if data is not None:
+                    yield data
+            if write_failed is not None:
+                raise write_failed
+            if rows_received != rows_sent:
                 raise RuntimeError(
-                    f"pixelfeed server returned {rows_received} rows for {rows_sent[0]} input rows"
+                    f"pixelfeed server returned {rows_received} rows for {rows_sent} input rows"
                 )
             finished = True
         finally:
@@ -454,7 +487,6 @@ class Client:
                     reader.cancel()
                 except Exception:  # noqa: BLE001
                     pass
-                thread.join(timeout=10)
             try:
                 writer.close()
             except Exception:  # noqa: BLE001 - a cancelled call reports CANCELLED here
