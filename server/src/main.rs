@@ -210,6 +210,12 @@ struct EngineArgs {
     #[arg(long, default_value_t = EngineConfig::default().max_encoded_bytes)]
     max_image_bytes: usize,
 
+    /// Largest EXIF or XMP block read to find an image's orientation, in
+    /// bytes (compressed PNG text counts inflated); images whose needed
+    /// metadata is larger become error rows.
+    #[arg(long, default_value_t = EngineConfig::default().max_metadata_bytes)]
+    max_metadata_bytes: usize,
+
     /// Worker threads for image processing (the rayon global pool).
     /// Default: one per CPU core.
     #[arg(long)]
@@ -222,6 +228,7 @@ impl EngineArgs {
             max_pixels: self.max_pixels,
             max_aspect_ratio: self.max_aspect_ratio,
             max_encoded_bytes: self.max_image_bytes,
+            max_metadata_bytes: self.max_metadata_bytes,
         }
     }
 
@@ -670,6 +677,7 @@ mod tests {
             "--max-pixels=5000",
             "--max-aspect-ratio=3.5",
             "--max-image-bytes=700",
+            "--max-metadata-bytes=900",
             "--threads=3",
             "--pinned-pool-bytes=12345678",
             "--pinned=off",
@@ -694,6 +702,7 @@ mod tests {
                 max_pixels: 5000,
                 max_aspect_ratio: 3.5,
                 max_encoded_bytes: 700,
+                max_metadata_bytes: 900,
             }
         );
     }

@@ -190,6 +190,14 @@ async fn engine_limits_turn_rows_into_errors_not_failed_calls() {
             },
             "aspect ratio",
         ),
+        (
+            // The bundled orientation test images carry small EXIF blocks.
+            EngineConfig {
+                max_metadata_bytes: 16,
+                ..base
+            },
+            "metadata limit",
+        ),
     ] {
         let service = ServiceConfig::default().with_engine(engine);
         let (_server, client) = start(

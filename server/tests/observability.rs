@@ -80,6 +80,22 @@ async fn metrics_count_images_bytes_errors_and_calls() {
         sample(text, "pixelfeed_batch_duration_seconds_count"),
         batches_in
     );
+    // Every good image went through each engine stage once; the hostile
+    // ones failed before decoding finished. Every batch was sent once.
+    for stage in ["decode", "resize", "convert"] {
+        let series = format!(r#"pixelfeed_stage_duration_seconds_count{{stage="{stage}"}}"#);
+        assert_eq!(sample(text, &series), n, "{series}\n{text}");
+        let sum = format!(r#"pixelfeed_stage_duration_seconds_sum{{stage="{stage}"}}"#);
+        assert!(sample(text, &sum) > 0.0, "{sum}\n{text}");
+    }
+    assert_eq!(
+        sample(
+            text,
+            r#"pixelfeed_stage_duration_seconds_count{stage="send"}"#
+        ),
+        batches_in,
+        "{text}"
+    );
     assert_eq!(
         sample(
             text,

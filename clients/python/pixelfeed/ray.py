@@ -63,6 +63,7 @@ import json
 import os
 import socket
 import threading
+import time
 import zlib
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
 from urllib.parse import urlparse
@@ -233,17 +234,29 @@ class _Counter:
 def _actor_index(key: str) -> int:
     """A round-robin index for this actor, shared by every actor using ``key``.
 
-    Falls back to a hash of the actor id (spread, but not strictly
-    round-robin) when the counter actor cannot be reached.
+    The counter is a detached actor (namespace ``pixelfeed``, one per
+    location set, no CPU): owned by whichever pool actor created it, it
+    would die with that actor, and a later pool over the same servers then
+    raced its teardown and got index 0 in every actor (seen on Ray 2.5x; cf.
+    ray-project/ray#49480). It stays until the Ray cluster stops; remove it
+    with ``ray.kill(ray.get_actor(name, namespace="pixelfeed"))``. Failures
+    are retried a few times, then this falls back to a hash of the actor id
+    (spread, but not strictly round-robin).
     """
     name = "pixelfeed-rr-" + format(zlib.crc32(key.encode()), "08x")
-    try:
-        counter = _Counter.options(name=name, namespace="pixelfeed", get_if_exists=True).remote()
-        return int(ray.get(counter.next.remote(), timeout=30))
-    except Exception:  # noqa: BLE001 - any failure: fall back, never fail the pipeline
-        ctx = ray.get_runtime_context()
-        ident = ctx.get_actor_id() or ctx.get_worker_id() or ""
-        return zlib.crc32(str(ident).encode())
+    for attempt in range(5):
+        try:
+            counter = _Counter.options(
+                name=name, namespace="pixelfeed", get_if_exists=True, lifetime="detached"
+            ).remote()
+            return int(ray.get(counter.next.remote(), timeout=30))
+        except ray.exceptions.GetTimeoutError:
+            break  # a counter that does not answer: do not wait longer
+        except Exception:  # noqa: BLE001 - any other failure: retry, then fall back
+            time.sleep(0.2 * (attempt + 1))
+    ctx = ray.get_runtime_context()
+    ident = ctx.get_actor_id() or ctx.get_worker_id() or ""
+    return zlib.crc32(str(ident).encode())
 
 
 # -- map_batches callable ---------------------------------------------------------------------

@@ -17,6 +17,7 @@ use pixelfeed_schema::{
 use rayon::prelude::*;
 
 use super::pipeline::{process_row, Context, Geometry, RowOutcome};
+use super::BatchStages;
 use super::{BlockAllocator, EngineConfig, EngineError};
 
 /// The `image` column, whichever binary layout it uses.
@@ -131,7 +132,7 @@ pub(crate) fn process_batch(
     config: &EngineConfig,
     alloc: &dyn BlockAllocator,
     first_row: u64,
-) -> Result<RecordBatch, EngineError> {
+) -> Result<(RecordBatch, BatchStages), EngineError> {
     let input_schema = batch.schema();
     let schema = Arc::new(output_schema(&input_schema, spec)?);
     let image_index = image_column_index(&input_schema)?;
@@ -219,14 +220,17 @@ pub(crate) fn process_batch(
     columns.push(Arc::new(warning));
     columns.push(Arc::new(geometry));
     let options = RecordBatchOptions::new().with_row_count(Some(rows));
-    Ok(RecordBatch::try_new_with_options(
-        schema, columns, &options,
-    )?)
+    let out = RecordBatch::try_new_with_options(schema, columns, &options)?;
+    let stages = BatchStages {
+        rows: outcomes.iter().map(|o| o.stages).collect(),
+    };
+    Ok((out, stages))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::process_batch;
     use crate::engine::{HeapAllocator, TensorBlock};
     use arrow_array::{BinaryViewArray, Int64Array, LargeBinaryArray, StringViewArray};
     use arrow_buffer::Buffer;
@@ -312,6 +316,30 @@ mod tests {
         jpeg[at + 5..at + 7].copy_from_slice(&h.to_be_bytes());
         jpeg[at + 7..at + 9].copy_from_slice(&w.to_be_bytes());
         jpeg
+    }
+
+    #[test]
+    fn stage_times_cover_the_stages_each_row_completed() {
+        let batch = batch_of(&[
+            Some(image("pillow_hopper.jpg")),
+            Some(b"junk".to_vec()),
+            None,
+        ]);
+        let (out, stages) = crate::engine::process_batch_timed(
+            &batch,
+            &imagenet(),
+            &EngineConfig::default(),
+            &HeapAllocator,
+            0,
+        )
+        .unwrap();
+        assert_eq!(stages.rows.len(), out.num_rows());
+        let good = stages.rows[0];
+        assert!(good.decode.is_some_and(|d| !d.is_zero()), "{good:?}");
+        assert!(good.resize.is_some() && good.convert.is_some(), "{good:?}");
+        for failed in &stages.rows[1..] {
+            assert_eq!(*failed, crate::engine::RowStages::default());
+        }
     }
 
     #[test]

@@ -64,6 +64,15 @@ pub(crate) enum RowError {
         /// The limit in megapixels, formatted.
         limit: String,
     },
+    /// EXIF or XMP metadata needed for the orientation is larger than
+    /// `EngineConfig::max_metadata_bytes` (compressed text: inflates past it).
+    #[error("{what} is over the {limit} byte metadata limit")]
+    MetadataTooLarge {
+        /// Which metadata and how big, e.g. `EXIF metadata of 70000 bytes`.
+        what: String,
+        /// The configured limit.
+        limit: usize,
+    },
     /// Structurally broken JPEG.
     #[error("corrupt JPEG: {0}")]
     CorruptJpeg(String),

@@ -11,6 +11,24 @@
 //! value such as 9 means "no rotation", and XMP is then not consulted);
 //! otherwise XMP `tiff:Orientation` (attribute or element form) is used.
 
+use super::error::RowError;
+
+/// `blob` (EXIF or XMP, named by `kind`), if it is within `limit` bytes;
+/// otherwise the row error that [`RowError::MetadataTooLarge`] describes.
+pub(crate) fn within_limit<'a>(
+    kind: &str,
+    blob: &'a [u8],
+    limit: usize,
+) -> Result<&'a [u8], RowError> {
+    if blob.len() > limit {
+        return Err(RowError::MetadataTooLarge {
+            what: format!("{kind} metadata of {} bytes", blob.len()),
+            limit,
+        });
+    }
+    Ok(blob)
+}
+
 /// The first few bytes of an APP1 segment that carries EXIF.
 pub(crate) const EXIF_PREFIX: &[u8] = b"Exif\0\0";
 

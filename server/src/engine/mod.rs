@@ -73,10 +73,17 @@ pub struct EngineConfig {
     pub max_aspect_ratio: f64,
     /// Largest accepted encoded size of one image in bytes.
     pub max_encoded_bytes: usize,
+    /// Largest EXIF or XMP blob read for the orientation, in bytes (for
+    /// compressed PNG text: after inflating, which stops at this size). A
+    /// larger one makes the row an error rather than being silently
+    /// ignored, since ignoring it could leave the image unrotated. ICC
+    /// profiles and other metadata are skipped unread whatever their size.
+    pub max_metadata_bytes: usize,
 }
 
 impl Default for EngineConfig {
-    /// 64 Mpx, aspect ratio 100, 64 MiB encoded. The pixel limit sits at the
+    /// 64 Mpx, aspect ratio 100, 64 MiB encoded, 1 MiB of metadata (Pillow's
+    /// `MAX_TEXT_CHUNK`; a JPEG segment holds at most 64 KiB). The pixel limit sits at the
     /// top of the range the hostile corpus asks for (a fully valid
     /// 10000x10000 JPEG must be refused early: decoding it costs ~300 MB and
     /// a second of CPU per row); raise it with `--max-pixels` for large
@@ -86,6 +93,7 @@ impl Default for EngineConfig {
             max_pixels: 64_000_000,
             max_aspect_ratio: 100.0,
             max_encoded_bytes: 64 << 20,
+            max_metadata_bytes: 1 << 20,
         }
     }
 }
@@ -103,6 +111,42 @@ pub enum EngineError {
     /// Assembling the Arrow output failed (a bug, reported rather than panicking).
     #[error("building the output batch failed: {0}")]
     Arrow(#[from] arrow_schema::ArrowError),
+}
+
+/// Time one row spent in each stage; `None` for a stage the row did not
+/// complete (it failed in it or earlier). Wall-clock time on the worker thread that ran
+/// the row, measured with two `Instant` reads per stage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RowStages {
+    /// Sniffing, header walk, limit checks and decoding to pixels.
+    pub decode: Option<std::time::Duration>,
+    /// Gray conversion, orientation, source crop and resize.
+    pub resize: Option<std::time::Duration>,
+    /// The tensor write: padding, flips, channel order, dtype, normalisation
+    /// and layout.
+    pub convert: Option<std::time::Duration>,
+}
+
+/// What [`process_batch_timed`] measured, one entry per input row.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchStages {
+    /// Per-row stage times, in input order.
+    pub rows: Vec<RowStages>,
+}
+
+/// [`process_batch`], also returning how long each row spent in each stage
+/// (for latency metrics; the engine itself records nothing).
+///
+/// # Errors
+/// As [`process_batch`].
+pub fn process_batch_timed(
+    batch: &RecordBatch,
+    spec: &TransformSpec,
+    config: &EngineConfig,
+    alloc: &dyn BlockAllocator,
+    first_row: u64,
+) -> Result<(RecordBatch, BatchStages), EngineError> {
+    batch::process_batch(batch, spec, config, alloc, first_row)
 }
 
 /// Runs the whole pipeline over one input batch.
@@ -133,5 +177,5 @@ pub fn process_batch(
     alloc: &dyn BlockAllocator,
     first_row: u64,
 ) -> Result<RecordBatch, EngineError> {
-    batch::process_batch(batch, spec, config, alloc, first_row)
+    batch::process_batch(batch, spec, config, alloc, first_row).map(|(out, _)| out)
 }

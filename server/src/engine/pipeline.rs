@@ -15,17 +15,18 @@
 
 use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Instant;
 
 use fast_image_resize::Resizer;
 use pixelfeed_schema::{Color, TransformSpec};
 
 use super::error::{format_mpx, format_number, RowError};
-use super::exif::{orientation_from_tiff, orientation_from_xmp};
+use super::exif::{orientation_from_tiff, orientation_from_xmp, within_limit};
 use super::geometry::{self, Mapping, Plan};
 use super::orient::Orientation;
 use super::sniff::{first_bytes_hex, sniff, Sniffed};
 use super::tensor::TensorWriter;
-use super::{color, jpeg, png, resize, EngineConfig};
+use super::{color, jpeg, png, resize, EngineConfig, RowStages};
 
 /// Thread-local buffers larger than this are released after the row that
 /// grew them, so one huge image does not pin its memory in every worker.
@@ -42,6 +43,8 @@ pub(crate) struct RowOutcome {
     pub warning: Option<String>,
     /// Where the output came from; `None` for a failed row.
     pub geometry: Option<Geometry>,
+    /// Time spent in each stage the row reached.
+    pub stages: RowStages,
 }
 
 /// A good row's geometry: the `geometry` output column.
@@ -63,6 +66,7 @@ struct Progress {
     dims: Option<(u32, u32)>,
     warning: Option<String>,
     geometry: Option<Geometry>,
+    stages: RowStages,
 }
 
 /// Everything a row needs that is the same for the whole batch.
@@ -202,6 +206,7 @@ pub(crate) fn process_row(
         error: error.map(|e| e.to_string()),
         warning: progress.warning,
         geometry: progress.geometry,
+        stages: progress.stages,
     }
 }
 
@@ -229,13 +234,16 @@ fn check_limits(width: u32, height: u32, config: &EngineConfig) -> Result<(), Ro
     Ok(())
 }
 
-/// The orientation to apply, from the raw EXIF/XMP value.
-fn orientation(spec: &TransformSpec, raw: impl FnOnce() -> Option<u16>) -> Orientation {
-    if spec.exif_orientation {
-        raw().map_or(Orientation::Normal, Orientation::from_exif)
-    } else {
-        Orientation::Normal
+/// The orientation to apply, from the raw EXIF/XMP value (metadata is
+/// read, and its size limit checked, only when the spec asks for it).
+fn orientation(
+    spec: &TransformSpec,
+    raw: impl FnOnce() -> Result<Option<u16>, RowError>,
+) -> Result<Orientation, RowError> {
+    if !spec.exif_orientation {
+        return Ok(Orientation::Normal);
     }
+    Ok(raw()?.map_or(Orientation::Normal, Orientation::from_exif))
 }
 
 /// Grows `buf` to at least `len` bytes and returns exactly `len` of them.
@@ -254,6 +262,7 @@ fn run(
     s: &mut Scratch,
     progress: &mut Progress,
 ) -> Result<(), RowError> {
+    let started = Instant::now();
     let data = image.ok_or(RowError::Null)?;
     if data.is_empty() {
         return Err(RowError::Empty);
@@ -268,12 +277,18 @@ fn run(
     let (width, height, channels, orient, plan) = match sniff(data) {
         Sniffed::Jpeg => {
             let header = jpeg::parse_header(data, &mut s.encoded)?;
+            let limit = ctx.config.max_metadata_bytes;
             let orient = orientation(ctx.spec, || {
-                header
-                    .exif
-                    .and_then(orientation_from_tiff)
-                    .or_else(|| header.xmp.and_then(orientation_from_xmp))
-            });
+                if let Some(tiff) = header.exif {
+                    if let Some(value) = orientation_from_tiff(within_limit("EXIF", tiff, limit)?) {
+                        return Ok(Some(value));
+                    }
+                }
+                match header.xmp {
+                    Some(xmp) => Ok(orientation_from_xmp(within_limit("XMP", xmp, limit)?)),
+                    None => Ok(None),
+                }
+            })?;
             progress.dims = Some(orient.oriented_size(header.height, header.width));
             check_limits(header.width, header.height, ctx.config)?;
             let plan = checked_plan(ctx, orient.oriented_size(header.height, header.width), key)?;
@@ -291,7 +306,7 @@ fn run(
             progress.dims = Some((header.height, header.width));
             check_limits(header.width, header.height, ctx.config)?;
             let meta = png::filter_chunks(data, &mut s.encoded)?;
-            let orient = orientation(ctx.spec, || meta.orientation());
+            let orient = orientation(ctx.spec, || meta.orientation(ctx.config.max_metadata_bytes))?;
             progress.dims = Some(orient.oriented_size(header.height, header.width));
             let plan = checked_plan(ctx, orient.oriented_size(header.height, header.width), key)?;
             let channels = png::decode(&s.encoded, &header, ctx.max_side, &mut s.decoded)?;
@@ -300,7 +315,11 @@ fn run(
         Sniffed::Unsupported(name) => return Err(RowError::UnsupportedFormat(name)),
         Sniffed::Unknown => return Err(RowError::UnknownFormat(first_bytes_hex(data))),
     };
-    transform(s, ctx, (width, height), channels, orient, &plan, slot)?;
+    let decoded = Instant::now();
+    progress.stages.decode = Some(decoded - started);
+    let resized_at = transform(s, ctx, (width, height), channels, orient, &plan, slot)?;
+    progress.stages.resize = Some(resized_at - decoded);
+    progress.stages.convert = Some(resized_at.elapsed());
     progress.geometry = Some(Geometry {
         orientation: orient.exif_value(),
         flipped_horizontal: plan.flip_horizontal,
@@ -335,7 +354,8 @@ fn checked_plan(
 }
 
 /// Gray conversion, orientation, source crop, resize and the tensor write,
-/// from the decoded pixels in `s.decoded`.
+/// from the decoded pixels in `s.decoded`. Returns when the resize ended
+/// (the tensor write began), for the stage times.
 fn transform(
     s: &mut Scratch,
     ctx: &Context<'_>,
@@ -344,7 +364,7 @@ fn transform(
     orient: Orientation,
     plan: &Plan,
     slot: &mut [u8],
-) -> Result<(), RowError> {
+) -> Result<Instant, RowError> {
     let Scratch {
         decoded,
         gray,
@@ -402,6 +422,7 @@ fn transform(
         )?;
         out
     };
+    let resized_at = Instant::now();
     ctx.writer.write(
         source,
         (rw as usize, rh as usize),
@@ -409,7 +430,8 @@ fn transform(
         plan,
         slot,
         row,
-    )
+    )?;
+    Ok(resized_at)
 }
 
 #[cfg(test)]

@@ -17,7 +17,8 @@
 //! ImageMagick's hex `Raw profile type exif` text chunk; if neither has an
 //! Orientation tag, XMP `tiff:Orientation` from the `XML:com.adobe.xmp`
 //! text chunk. Compressed metadata is inflated only when it is needed and
-//! never beyond [`MAX_METADATA_INFLATE`] bytes (larger is ignored).
+//! never beyond `EngineConfig::max_metadata_bytes`; metadata that is needed
+//! but larger than that makes the row an error.
 //!
 //! Pixel conventions, matching Pillow's `convert('RGB')` (and `'L'`):
 //! 16-bit samples keep their high byte (`v >> 8`); sub-byte gray is scaled
@@ -34,16 +35,13 @@
 use zune_core::bit_depth::{BitDepth, ByteEndian};
 use zune_core::bytestream::ZCursor;
 use zune_core::options::DecoderOptions;
+use zune_inflate::errors::DecodeErrorStatus;
 use zune_inflate::{DeflateDecoder, DeflateOptions};
 use zune_png::error::PngDecodeErrors;
 use zune_png::PngDecoder;
 
 use super::error::RowError;
-use super::exif::{decode_hex_profile, orientation_from_tiff, orientation_from_xmp};
-
-/// Most bytes one compressed metadata chunk may inflate to (Pillow's
-/// `MAX_TEXT_CHUNK` is 1 MiB too).
-const MAX_METADATA_INFLATE: usize = 1 << 20;
+use super::exif::{decode_hex_profile, orientation_from_tiff, orientation_from_xmp, within_limit};
 
 const SIGNATURE: &[u8; 8] = b"\x89PNG\r\n\x1a\n";
 
@@ -66,19 +64,32 @@ enum Text<'a> {
 }
 
 impl Text<'_> {
-    /// The text, inflated if need be; `None` when inflating fails or would
-    /// exceed the cap.
-    fn bytes(&self) -> Option<std::borrow::Cow<'_, [u8]>> {
+    /// The text (`kind` names it in errors), inflated if need be, within
+    /// `limit` bytes. `Ok(None)` when it does not inflate (damaged metadata
+    /// is ignored, as Pillow ignores it); an error when it is over `limit`.
+    fn bytes(
+        &self,
+        kind: &str,
+        limit: usize,
+    ) -> Result<Option<std::borrow::Cow<'_, [u8]>>, RowError> {
         match *self {
-            Text::Plain(b) => Some(b.into()),
+            Text::Plain(b) => within_limit(kind, b, limit).map(|b| Some(b.into())),
             Text::Zlib(z) => {
                 let options = DeflateOptions::default()
-                    .set_limit(MAX_METADATA_INFLATE)
+                    .set_limit(limit)
                     .set_confirm_checksum(true);
-                DeflateDecoder::new_with_options(z, options)
-                    .decode_zlib()
-                    .ok()
-                    .map(Into::into)
+                match DeflateDecoder::new_with_options(z, options).decode_zlib() {
+                    Ok(text) => Ok(Some(text.into())),
+                    Err(e) if matches!(e.error, DecodeErrorStatus::OutputLimitExceeded(..)) => {
+                        Err(RowError::MetadataTooLarge {
+                            what: format!(
+                                "compressed {kind} metadata inflating past {limit} bytes"
+                            ),
+                            limit,
+                        })
+                    }
+                    Err(_) => Ok(None),
+                }
             }
         }
     }
@@ -93,21 +104,27 @@ pub(crate) struct PngMetadata<'a> {
 }
 
 impl PngMetadata<'_> {
-    /// The raw orientation value by Pillow's precedence, if any.
-    pub(crate) fn orientation(&self) -> Option<u16> {
+    /// The raw orientation value by Pillow's precedence, if any, reading no
+    /// metadata blob larger than `limit` bytes (an error if one is needed).
+    pub(crate) fn orientation(&self, limit: usize) -> Result<Option<u16>, RowError> {
         let from_exif = if let Some(tiff) = self.exif {
-            orientation_from_tiff(tiff)
+            orientation_from_tiff(within_limit("EXIF", tiff, limit)?)
         } else if let Some(text) = self.raw_profile_exif {
-            text.bytes()
+            text.bytes("EXIF", limit)?
                 .and_then(|t| decode_hex_profile(&t))
                 .and_then(|blob| orientation_from_tiff(&blob))
         } else {
             None
         };
-        from_exif.or_else(|| {
-            self.xmp
-                .and_then(|x| x.bytes().and_then(|t| orientation_from_xmp(&t)))
-        })
+        if from_exif.is_some() {
+            return Ok(from_exif);
+        }
+        let Some(xmp) = self.xmp else {
+            return Ok(None);
+        };
+        Ok(xmp
+            .bytes("XMP", limit)?
+            .and_then(|t| orientation_from_xmp(&t)))
     }
 }
 
@@ -476,7 +493,7 @@ pub(crate) mod tests {
         ]);
         let mut out = Vec::new();
         let meta = filter_chunks(&data, &mut out).unwrap();
-        assert_eq!(meta.orientation(), Some(6));
+        assert_eq!(meta.orientation(1 << 20).unwrap(), Some(6));
         let expected = png(&[
             ihdr(1, 1, 8, 0),
             chunk(b"IDAT", &[1, 2, 3]),
@@ -496,7 +513,7 @@ pub(crate) mod tests {
             chunk(b"IEND", &[]),
         ]);
         let meta = filter_chunks(&data, &mut Vec::new()).unwrap();
-        assert_eq!(meta.orientation(), Some(3));
+        assert_eq!(meta.orientation(1 << 20).unwrap(), Some(3));
     }
 
     #[test]
@@ -524,7 +541,8 @@ pub(crate) mod tests {
 
     #[test]
     fn compressed_metadata_is_capped() {
-        // zlib stream of 2 MiB of 'a' -- over the cap, so it is ignored.
+        // zlib stream of 2 MiB of 'a': inflating stops at the limit and the
+        // row is an error naming it, not a 2 MiB allocation.
         let bomb = zlib_of_repeated(b'a', 2 << 20);
         let mut ztxt = b"Raw profile type exif\0\0".to_vec();
         ztxt.extend_from_slice(&bomb);
@@ -535,7 +553,44 @@ pub(crate) mod tests {
             chunk(b"IEND", &[]),
         ]);
         let meta = filter_chunks(&data, &mut Vec::new()).unwrap();
-        assert_eq!(meta.orientation(), None);
+        let err = meta.orientation(1 << 20).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "compressed EXIF metadata inflating past 1048576 bytes is over the 1048576 \
+             byte metadata limit"
+        );
+        // Within a larger limit it inflates (and holds no orientation).
+        assert_eq!(meta.orientation(4 << 20).unwrap(), None);
+    }
+
+    #[test]
+    fn metadata_over_the_limit_is_an_error_only_when_needed() {
+        let mut exif = crate::engine::exif::tests::tiff(false, &[(0x0112, 3, 1, 6)], 0);
+        exif.resize(5000, 0);
+        let with_exif = png(&[
+            ihdr(1, 1, 8, 0),
+            chunk(b"eXIf", &exif),
+            chunk(b"IDAT", &[]),
+            chunk(b"IEND", &[]),
+        ]);
+        let meta = filter_chunks(&with_exif, &mut Vec::new()).unwrap();
+        assert_eq!(meta.orientation(5000).unwrap(), Some(6));
+        assert_eq!(
+            meta.orientation(4999).unwrap_err().to_string(),
+            "EXIF metadata of 5000 bytes is over the 4999 byte metadata limit"
+        );
+        // A large XMP is never read when EXIF already gives the orientation.
+        let mut xmp = b"XML:com.adobe.xmp\0\0\0\0\0".to_vec();
+        xmp.resize(100_000, b' ');
+        let both = png(&[
+            ihdr(1, 1, 8, 0),
+            chunk(b"eXIf", &exif),
+            chunk(b"iTXt", &xmp),
+            chunk(b"IDAT", &[]),
+            chunk(b"IEND", &[]),
+        ]);
+        let meta = filter_chunks(&both, &mut Vec::new()).unwrap();
+        assert_eq!(meta.orientation(5000).unwrap(), Some(6));
     }
 
     /// A valid zlib stream of `n` copies of `byte` using stored blocks.

@@ -194,7 +194,7 @@ pub fn do_get(config: &Arc<ServiceConfig>, ticket: &[u8]) -> Result<FlightDataSt
     let spec = Arc::new(spec);
     let range = ticket.start..ticket.end;
     Ok(exchange::spawn_pipeline(
-        config.target_message_bytes,
+        &Arc::clone(&config),
         move |tx| async move {
             if let Err(status) = pump_shard(dataset, range, spec, schema, config, &tx).await {
                 tracing::info!(code = ?status.code(), message = status.message(), "DoGet failed");

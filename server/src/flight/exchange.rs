@@ -51,8 +51,9 @@ pub type FlightDataStream = BoxStream<'static, Result<FlightData, Status>>;
 pub(super) enum Output {
     /// The output schema, sent once, first.
     Schema(SchemaRef),
-    /// One processed input batch, whole.
-    Batch(RecordBatch),
+    /// One processed input batch, whole, and when it left the engine (the
+    /// start of its `send` stage).
+    Batch(RecordBatch, Instant),
 }
 
 /// One item of the producer-to-sender channel.
@@ -88,18 +89,18 @@ pub async fn start(
         .try_filter(|m| ready(!(m.data_header.is_empty() && m.data_body.is_empty())));
     let decoder = FlightDataDecoder::new(messages);
 
-    let target = config.target_message_bytes;
-    Ok(spawn_pipeline(target, |tx| {
+    Ok(spawn_pipeline(&Arc::clone(&config), |tx| {
         produce(decoder, spec, config, tx).in_current_span()
     }))
 }
 
 /// Runs `producer` (given the sending end of a [`PIPELINE_DEPTH`]-deep
 /// channel) as a task and returns the response stream that sends what it
-/// produces, cut into messages of about `target` bytes. The producer must
-/// send [`Output::Schema`] first. Shared by `DoExchange` and `DoGet`.
+/// produces, cut into messages of about `config.target_message_bytes` and
+/// timed into `config.metrics`. The producer must send [`Output::Schema`]
+/// first. Shared by `DoExchange` and `DoGet`.
 pub(super) fn spawn_pipeline<F>(
-    target: usize,
+    config: &ServiceConfig,
     producer: impl FnOnce(mpsc::Sender<OutputResult>) -> F,
 ) -> FlightDataStream
 where
@@ -112,7 +113,7 @@ where
     // already running finishes on its blocking thread and its output is
     // dropped.
     AbortOnDrop {
-        stream: respond(rx, target),
+        stream: respond(rx, config.target_message_bytes, Arc::clone(&config.metrics)),
         producer: producer.abort_handle(),
     }
     .boxed()
@@ -280,7 +281,7 @@ pub(super) async fn process_and_send(
         .column_by_name(pixelfeed_schema::columns::ERROR)
         .map_or(0, |c| c.len() - c.null_count());
     Ok(tx
-        .send(Ok(Output::Batch(out)))
+        .send(Ok(Output::Batch(out, Instant::now())))
         .await
         .is_ok()
         .then_some(error_rows))
@@ -298,13 +299,15 @@ async fn process(
     let rows = batch.num_rows();
     let _queued = config.metrics.engine_batch();
     let joined = tokio::task::spawn_blocking(move || {
-        engine::process_batch(
+        let (out, stages) = engine::process_batch_timed(
             &batch,
             &spec,
             &config.engine,
             config.allocator.as_ref(),
             first_row,
-        )
+        )?;
+        config.metrics.record_stages(&stages);
+        Ok(out)
     })
     .await;
     match joined {
@@ -364,20 +367,33 @@ fn input_status(e: FlightError) -> Status {
 
 /// The response half: the schema, then each output batch in order, cut into
 /// messages of about `target` bytes.
-fn respond(mut rx: mpsc::Receiver<OutputResult>, target: usize) -> FlightDataStream {
+fn respond(
+    mut rx: mpsc::Receiver<OutputResult>,
+    target: usize,
+    metrics: Arc<metrics::Metrics>,
+) -> FlightDataStream {
     let head = async move {
         match rx.recv().await {
             // The input ended without a schema: nothing to describe.
             None => stream::empty().boxed(),
             Some(Err(status)) => stream::once(ready(Err(status))).boxed(),
-            Some(Ok(Output::Batch(_))) => stream::once(ready(Err(Status::internal(
+            Some(Ok(Output::Batch(..))) => stream::once(ready(Err(Status::internal(
                 "a batch was produced before the schema",
             ))))
             .boxed(),
             Some(Ok(Output::Schema(schema))) => {
                 let batches = ReceiverStream::new(rx).flat_map(move |item| match item {
-                    Ok(Output::Batch(batch)) => {
-                        stream::iter(split_rows(&batch, target).into_iter().map(Ok)).boxed()
+                    Ok(Output::Batch(batch, produced)) => {
+                        let slices = split_rows(&batch, target).into_iter().map(Ok);
+                        // Polled once the encoder wants the next batch, i.e.
+                        // when every message of this one was handed on
+                        // (tonic polls only as the client's window allows).
+                        let metrics = Arc::clone(&metrics);
+                        let sent = stream::once(async move {
+                            metrics.record_send(produced.elapsed());
+                        })
+                        .filter_map(|()| ready(None));
+                        stream::iter(slices).chain(sent).boxed()
                     }
                     Ok(Output::Schema(_)) => stream::once(ready(Err(FlightError::from(
                         Status::internal("a second schema was produced"),

@@ -22,7 +22,7 @@ use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::engine::BlockAllocator;
+use crate::engine::{BatchStages, BlockAllocator};
 
 type Labels = [(&'static str, &'static str); 1];
 
@@ -35,6 +35,7 @@ pub struct Metrics {
     output_bytes: Counter,
     calls: Family<[(&'static str, &'static str); 2], Counter>,
     batch_seconds: Histogram,
+    stage_seconds: Family<Labels, Histogram, fn() -> Histogram>,
     active_calls: Gauge,
     engine_batches: Gauge,
     pool_blocks_in_use: Gauge,
@@ -58,6 +59,11 @@ impl Default for Metrics {
             calls: Family::default(),
             // 1 ms .. ~65 s.
             batch_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            // 10 µs .. ~21 s: a row's decode is ~1 ms, a batch's send can
+            // wait seconds on a slow reader.
+            stage_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(1e-5, 2.0, 22))
+            }),
             active_calls: Gauge::default(),
             engine_batches: Gauge::default(),
             pool_blocks_in_use: Gauge::default(),
@@ -84,6 +90,14 @@ impl Default for Metrics {
             "pixelfeed_batch_duration_seconds",
             "Engine time per input batch (decode, transform, tensor write)",
             m.batch_seconds.clone(),
+        );
+        r.register(
+            "pixelfeed_stage_duration_seconds",
+            "Time per stage: decode, resize and convert per image (on a worker \
+             thread); send per batch (from leaving the engine until its last \
+             message is handed to the transport, so it includes waiting on \
+             the client's flow-control window)",
+            m.stage_seconds.clone(),
         );
         for (name, help, counter) in [
             (
@@ -168,6 +182,33 @@ impl Metrics {
         }
     }
 
+    /// Records each row's time in the engine stages it completed.
+    pub fn record_stages(&self, stages: &BatchStages) {
+        let [decode, resize, convert] = ["decode", "resize", "convert"].map(|stage| {
+            self.stage_seconds
+                .get_or_create(&[("stage", stage)])
+                .clone()
+        });
+        for row in &stages.rows {
+            for (histogram, took) in [
+                (&decode, row.decode),
+                (&resize, row.resize),
+                (&convert, row.convert),
+            ] {
+                if let Some(took) = took {
+                    histogram.observe(took.as_secs_f64());
+                }
+            }
+        }
+    }
+
+    /// Records how long one output batch took to be handed to the transport.
+    pub fn record_send(&self, took: Duration) {
+        self.stage_seconds
+            .get_or_create(&[("stage", "send")])
+            .observe(took.as_secs_f64());
+    }
+
     /// Counts a finished call.
     pub fn record_call(&self, method: &'static str, code: tonic::Code) {
         self.calls
@@ -241,6 +282,9 @@ pub fn error_reason(message: &str) -> &'static str {
     ];
     if let Some((_, reason)) = PREFIXES.iter().find(|(p, _)| message.starts_with(p)) {
         return reason;
+    }
+    if message.ends_with(" byte metadata limit") {
+        return "metadata_too_large";
     }
     if message.starts_with("image is ") {
         if message.contains(" byte limit") {
@@ -386,6 +430,15 @@ mod tests {
             ("corrupt PNG: bad CRC", "corrupt"),
             ("unsupported JPEG: arithmetic coding", "unsupported_variant"),
             ("internal decoder error (panic): x", "internal"),
+            (
+                "EXIF metadata of 70000 bytes is over the 65536 byte metadata limit",
+                "metadata_too_large",
+            ),
+            (
+                "compressed XMP metadata inflating past 1048576 bytes is over the 1048576 \
+                 byte metadata limit",
+                "metadata_too_large",
+            ),
             ("something new", "other"),
         ] {
             assert_eq!(error_reason(message), reason, "{message}");
