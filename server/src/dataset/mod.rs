@@ -106,6 +106,25 @@ impl DatasetError {
     }
 }
 
+/// The parts (files, shards) of a multi-part source that `range` touches,
+/// each with the row range local to it, in order. `parts` gives each part
+/// and its row count.
+pub(crate) fn parts_in_range<P>(
+    parts: impl IntoIterator<Item = (P, u64)>,
+    range: &Range<u64>,
+) -> Vec<(P, Range<u64>)> {
+    let mut touched = Vec::new();
+    let mut offset = 0;
+    for (part, rows) in parts {
+        let (lo, hi) = (range.start.max(offset), range.end.min(offset + rows));
+        if lo < hi {
+            touched.push((part, lo - offset..hi - offset));
+        }
+        offset += rows;
+    }
+    touched
+}
+
 /// Batches of one read, in row order.
 pub type BatchIter = Box<dyn Iterator<Item = Result<RecordBatch, DatasetError>> + Send>;
 
@@ -541,6 +560,17 @@ impl TextImageBatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_range_maps_to_the_parts_it_touches() {
+        let parts = [("a", 3), ("b", 0), ("c", 4), ("d", 2)];
+        assert_eq!(
+            parts_in_range(parts, &(2..8)),
+            vec![("a", 2..3), ("c", 0..4), ("d", 0..1)]
+        );
+        assert_eq!(parts_in_range(parts, &(3..7)), vec![("c", 0..4)]);
+        assert!(parts_in_range(parts, &(9..9)).is_empty());
+    }
 
     #[test]
     fn shards_are_contiguous_balanced_and_complete() {

@@ -18,7 +18,7 @@ use arrow_schema::{Field, Schema, SchemaRef};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, RowSelection, RowSelector};
 use pixelfeed_schema::columns::IMAGE;
 
-use super::{list_files, BatchIter, DatasetError, DatasetSource, ReadOptions};
+use super::{list_files, parts_in_range, BatchIter, DatasetError, DatasetSource, ReadOptions};
 
 /// One file: its path and the row count of each row group.
 #[derive(Debug, Clone)]
@@ -147,18 +147,8 @@ impl DatasetSource for ParquetSource {
     }
 
     fn read(&self, range: Range<u64>, options: &ReadOptions) -> Result<BatchIter, DatasetError> {
-        // The parts the range touches, each with its local row range;
-        // opened lazily, one at a time.
-        let mut plan = Vec::new();
-        let mut offset = 0;
-        for part in self.parts.iter() {
-            let rows = part.rows();
-            let (lo, hi) = (range.start.max(offset), range.end.min(offset + rows));
-            if lo < hi {
-                plan.push((part.clone(), lo - offset..hi - offset));
-            }
-            offset += rows;
-        }
+        // The parts the range touches, opened lazily, one at a time.
+        let plan = parts_in_range(self.parts.iter().map(|p| (p.clone(), p.rows())), &range);
         let schema = Arc::clone(&self.schema);
         let batch_rows = options.batch_rows.max(1);
         let iter = plan.into_iter().flat_map(move |(part, local)| {

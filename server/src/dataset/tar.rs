@@ -25,8 +25,8 @@ use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 
 use super::{
-    filter_glob, list_files, read_capped, BatchIter, DatasetError, DatasetSource, ReadOptions,
-    TextImageBatcher,
+    filter_glob, list_files, parts_in_range, read_capped, BatchIter, DatasetError, DatasetSource,
+    ReadOptions, TextImageBatcher,
 };
 
 /// Name of the column holding each sample's key.
@@ -124,18 +124,10 @@ impl DatasetSource for TarSource {
     }
 
     fn read(&self, range: Range<u64>, options: &ReadOptions) -> Result<BatchIter, DatasetError> {
-        let mut plan = Vec::new();
-        let mut offset = 0;
-        for part in self.parts.iter() {
-            let (lo, hi) = (
-                range.start.max(offset),
-                range.end.min(offset + part.samples),
-            );
-            if lo < hi {
-                plan.push((part.path.clone(), lo - offset..hi - offset));
-            }
-            offset += part.samples;
-        }
+        let plan = parts_in_range(
+            self.parts.iter().map(|p| (p.path.clone(), p.samples)),
+            &range,
+        );
         let (tx, rx) = sync_channel(1);
         let batcher = TextImageBatcher::new(Arc::clone(&self.schema), options);
         let sidecars = Arc::clone(&self.sidecars);
