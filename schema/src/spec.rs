@@ -947,12 +947,14 @@ fn parse_normalize(v: &Value, channels: usize) -> Result<Normalize, SpecError> {
                 ),
             ));
         }
+        // Finite as float32, the type the values are kept in: 1e100 is a
+        // finite f64 but an infinite f32 (found by the `spec` fuzz target).
         arr.iter()
             .map(|x| {
                 x.as_f64()
-                    .filter(|f| f.is_finite())
                     .map(|f| f as f32)
-                    .ok_or_else(|| SpecError::new(&field, "must contain finite numbers"))
+                    .filter(|f| f.is_finite())
+                    .ok_or_else(|| SpecError::new(&field, "must contain numbers finite in float32"))
             })
             .collect()
     };
@@ -960,6 +962,18 @@ fn parse_normalize(v: &Value, channels: usize) -> Result<Normalize, SpecError> {
     let std = list("std")?;
     if std.contains(&0.0) {
         return Err(SpecError::new("normalize.std", "must not contain 0"));
+    }
+    // Every output, (x - mean) / std for x in [0, 1], must be a finite
+    // float32; the extremes are at x = 0 and x = 1.
+    let overflows = mean
+        .iter()
+        .zip(&std)
+        .any(|(m, s)| [0.0f32, 1.0].iter().any(|x| !((x - m) / s).is_finite()));
+    if overflows {
+        return Err(SpecError::new(
+            "normalize",
+            "mean and std give outputs beyond the float32 range",
+        ));
     }
     Ok(Normalize { mean, std })
 }
@@ -1058,6 +1072,20 @@ mod tests {
                 .field,
             "normalize.std"
         );
+        // Found by the `spec` fuzz target: 7.7e120 is a finite f64 but an
+        // infinite f32, so the spec was accepted and its canonical form
+        // (`"mean":[null]`) was not.
+        let huge =
+            br#"{"preset":"imagenet","color":"gray","normalize":{"mean":[7.7e120],"std":[0.25]}}"#;
+        assert_eq!(
+            TransformSpec::from_json(huge).unwrap_err().field,
+            "normalize.mean"
+        );
+        // Finite values whose outputs overflow float32.
+        let tiny_std = json!({"preset": "imagenet", "color": "gray", "normalize": {"mean": [0.5], "std": [1e-39]}});
+        assert_eq!(err(tiny_std).field, "normalize");
+        let far_mean = json!({"preset": "imagenet", "color": "gray", "normalize": {"mean": [3e38], "std": [0.1]}});
+        assert_eq!(err(far_mean).field, "normalize");
         assert_eq!(err(json!([1, 2])).field, "spec");
         let e = TransformSpec::from_json(b"{not json").unwrap_err();
         assert_eq!(e.field, "spec");
