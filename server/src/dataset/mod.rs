@@ -467,6 +467,32 @@ pub(crate) fn list_files(root: &Path) -> Result<Vec<PathBuf>, DatasetError> {
     Ok(out)
 }
 
+/// The files of a multi-file source: `path` itself when it is a file,
+/// else the `.{extension}` files under it (matching `glob`, if given),
+/// sorted. An error when there are none.
+pub(crate) fn source_files(
+    path: &Path,
+    extension: &str,
+    glob: Option<&str>,
+) -> Result<Vec<PathBuf>, DatasetError> {
+    let files: Vec<PathBuf> = if path.is_dir() {
+        filter_glob(list_files(path)?, glob)?
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == extension))
+            .map(|p| path.join(p))
+            .collect()
+    } else {
+        vec![path.to_path_buf()]
+    };
+    if files.is_empty() {
+        return Err(DatasetError::Invalid(format!(
+            "{} holds no .{extension} files",
+            path.display()
+        )));
+    }
+    Ok(files)
+}
+
 /// Keeps the paths matching `glob` (against the whole relative path, `*`
 /// crossing directories), or all of them without one.
 pub(crate) fn filter_glob(

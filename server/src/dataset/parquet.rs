@@ -18,7 +18,7 @@ use arrow_schema::{Field, Schema, SchemaRef};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, RowSelection, RowSelector};
 use pixelfeed_schema::columns::IMAGE;
 
-use super::{list_files, parts_in_range, BatchIter, DatasetError, DatasetSource, ReadOptions};
+use super::{parts_in_range, source_files, BatchIter, DatasetError, DatasetSource, ReadOptions};
 
 /// One file: its path and the row count of each row group.
 #[derive(Debug, Clone)]
@@ -59,21 +59,7 @@ impl ParquetSource {
     /// a directory) and checks they share one schema with a binary
     /// `column`.
     pub fn open(path: &Path, column: &str) -> Result<Self, DatasetError> {
-        let files = if path.is_dir() {
-            list_files(path)?
-                .into_iter()
-                .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
-                .map(|p| path.join(p))
-                .collect()
-        } else {
-            vec![path.to_path_buf()]
-        };
-        if files.is_empty() {
-            return Err(DatasetError::Invalid(format!(
-                "{} holds no .parquet files",
-                path.display()
-            )));
-        }
+        let files = source_files(path, "parquet", None)?;
         let mut parts = Vec::with_capacity(files.len());
         let mut schema: Option<SchemaRef> = None;
         for file in files {

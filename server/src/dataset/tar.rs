@@ -25,8 +25,8 @@ use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 
 use super::{
-    filter_glob, list_files, parts_in_range, read_capped, BatchIter, DatasetError, DatasetSource,
-    ReadOptions, TextImageBatcher,
+    parts_in_range, read_capped, source_files, BatchIter, DatasetError, DatasetSource, ReadOptions,
+    TextImageBatcher,
 };
 
 /// Name of the column holding each sample's key.
@@ -63,21 +63,7 @@ impl TarSource {
     /// Walks the headers of `path` (a `.tar` file, or the `.tar` files
     /// under a directory matching `glob`, sorted).
     pub fn open(path: &Path, glob: Option<&str>) -> Result<Self, DatasetError> {
-        let files: Vec<PathBuf> = if path.is_dir() {
-            filter_glob(list_files(path)?, glob)?
-                .into_iter()
-                .filter(|p| p.extension().is_some_and(|e| e == "tar"))
-                .map(|p| path.join(p))
-                .collect()
-        } else {
-            vec![path.to_path_buf()]
-        };
-        if files.is_empty() {
-            return Err(DatasetError::Invalid(format!(
-                "{} holds no .tar files",
-                path.display()
-            )));
-        }
+        let files = source_files(path, "tar", glob)?;
         let mut present = [false; SIDECARS.len()];
         let mut parts = Vec::with_capacity(files.len());
         for file in files {

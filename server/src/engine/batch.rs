@@ -125,8 +125,13 @@ fn geometry_column(outcomes: &[RowOutcome]) -> Result<StructArray, ArrowError> {
     StructArray::try_new(geometry_fields(), columns, nulls)
 }
 
-/// See [`super::process_batch`].
-pub(crate) fn process_batch(
+/// [`process_batch`](super::process_batch), also returning how long each row
+/// spent in each stage (for latency metrics; the engine itself records
+/// nothing).
+///
+/// # Errors
+/// As [`process_batch`](super::process_batch).
+pub fn process_batch_timed(
     batch: &RecordBatch,
     spec: &TransformSpec,
     config: &EngineConfig,

@@ -134,20 +134,7 @@ pub struct BatchStages {
     pub rows: Vec<RowStages>,
 }
 
-/// [`process_batch`], also returning how long each row spent in each stage
-/// (for latency metrics; the engine itself records nothing).
-///
-/// # Errors
-/// As [`process_batch`].
-pub fn process_batch_timed(
-    batch: &RecordBatch,
-    spec: &TransformSpec,
-    config: &EngineConfig,
-    alloc: &dyn BlockAllocator,
-    first_row: u64,
-) -> Result<(RecordBatch, BatchStages), EngineError> {
-    batch::process_batch(batch, spec, config, alloc, first_row)
-}
+pub use batch::process_batch_timed;
 
 /// Runs the whole pipeline over one input batch.
 ///
@@ -177,5 +164,5 @@ pub fn process_batch(
     alloc: &dyn BlockAllocator,
     first_row: u64,
 ) -> Result<RecordBatch, EngineError> {
-    batch::process_batch(batch, spec, config, alloc, first_row).map(|(out, _)| out)
+    process_batch_timed(batch, spec, config, alloc, first_row).map(|(out, _)| out)
 }
