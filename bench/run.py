@@ -20,6 +20,10 @@ Methods (every one turns encoded bytes already in memory into tensors):
                 imagenet preset (float32 CHW, normalised)
   engine_u8     same engine, flight_u8's spec (the like-for-like baseline
                 of flight_u8)
+  engine_draft  same engine, imagenet preset + "draft": true (libjpeg-turbo
+                DCT-domain downscale, pixels equal to pillow_draft's); large
+                set only; needs the `turbojpeg` build (cmake + nasm)
+  flight_draft  flight_f32 with "draft": true; large set only
   flight_f32    `pixelfeed serve` + the Python client over loopback,
                 imagenet preset (float32 CHW, normalised)
   flight_u8     same, {"preset":"imagenet","dtype":"uint8","layout":"hwc",
@@ -85,11 +89,12 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 SPEC_F32: Dict[str, Any] = {"preset": "imagenet"}
 SPEC_U8: Dict[str, Any] = {"preset": "imagenet", "dtype": "uint8", "layout": "hwc", "normalize": None}
+SPEC_DRAFT: Dict[str, Any] = {"preset": "imagenet", "draft": True}
 
 METHODS_BY_SET = {
     "imagenet": ["pillow", "torchvision", "decode_only", "engine", "engine_u8", "flight_f32", "flight_u8"],
-    "large": ["pillow", "pillow_draft", "torchvision", "decode_only", "engine", "engine_u8", "flight_f32",
-              "flight_u8"],
+    "large": ["pillow", "pillow_draft", "torchvision", "decode_only", "engine", "engine_draft", "engine_u8",
+              "flight_f32", "flight_draft", "flight_u8"],
 }
 
 # (name, numerator, denominator, set, comparison, target, what)
@@ -100,7 +105,9 @@ RATIOS = [
     ("flight_u8/engine (f32 engine row; for reference)", "flight_u8", "engine", "imagenet", None, None, "ips"),
     ("flight_f32/engine", "flight_f32", "engine", "imagenet", None, None, "ips"),
     ("flight_f32/torchvision", "flight_f32", "torchvision", "imagenet", ">=", 1.5, "ips"),
-    ("large engine/pillow_draft", "engine", "pillow_draft", "large", ">=", 2.0, "ips"),
+    ("large engine_draft/pillow_draft", "engine_draft", "pillow_draft", "large", ">=", 2.0, "ips"),
+    ("large flight_draft/pillow_draft", "flight_draft", "pillow_draft", "large", None, None, "ips"),
+    ("large engine (full decode)/pillow_draft", "engine", "pillow_draft", "large", None, None, "ips"),
     ("engine cpu/1k ÷ torchvision cpu/1k", "engine", "torchvision", "imagenet", "<=", 0.5, "cpu"),
 ]
 # When torch is absent, the torchvision ratios are also shown against
@@ -379,12 +386,20 @@ def run_engine(bins: Dict[str, Path], spec: Dict[str, Any], folder: Path, cores:
         "--warmup", "2",
     ]
     with Window() as window:
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    r = json.loads(out)
+        done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        if "built without draft decoding" in done.stderr:
+            raise DraftUnavailable()
+        die(f"engine_bench failed ({done.returncode}): {done.stderr.strip()}")
+    r = json.loads(done.stdout)
     if r["errors"]:
         die(f"engine_bench reported {r['errors']} failed rows in {folder}")
     return {"images": r["images"], "wall_s": r["wall_s"], "ips": r["images_per_s"], "cpu_s": r["cpu_s"],
             "cpu_per_1k": r["cpu_s_per_1000"], "lat_ms": r["latencies_ms"], "other_load": window.other_load}
+
+
+class DraftUnavailable(Exception):
+    """The binaries were built without the `turbojpeg` feature."""
 
 
 class Server:
@@ -443,7 +458,12 @@ def run_flight(server: Server, spec: Dict[str, Any], images: List[bytes], cfg: "
                 rows += b.num_rows
             return rows
 
-        drain(client.preprocess(slices[:2], spec=spec, batch_size=BATCH))  # warm-up
+        try:
+            drain(client.preprocess(slices[:2], spec=spec, batch_size=BATCH))  # warm-up
+        except Exception as e:  # pyarrow.ArrowInvalid / FlightError, by pyarrow version
+            if "built without draft decoding" in str(e):
+                raise DraftUnavailable() from e
+            raise
 
         # -- throughput: one stream, batches of 32, until --seconds have passed.
         t0 = time.perf_counter()
@@ -494,6 +514,15 @@ class Config:
             self.lat_min, self.lat_max, self.lat_seconds = 6, 40, 3.0
 
 
+def cargo_features() -> List[str]:
+    """Draft decoding (`turbojpeg`) when its build tools are there; same rule as scripts/features.sh."""
+    if shutil.which("cmake") and shutil.which("nasm"):
+        return ["--features", "turbojpeg"]
+    print("cmake or nasm missing: building without draft decoding (engine_draft/flight_draft will be skipped)",
+          file=sys.stderr, flush=True)
+    return []
+
+
 def build(bin_dir: Optional[Path], no_build: bool) -> Dict[str, Path]:
     if bin_dir is not None:
         bins = {"pixelfeed": bin_dir / "pixelfeed", "engine_bench": bin_dir / "engine_bench"}
@@ -503,10 +532,12 @@ def build(bin_dir: Optional[Path], no_build: bool) -> Dict[str, Path]:
         if not no_build:
             if shutil.which("cargo") is None:
                 die("cargo not found: install Rust, or pass --bin-dir with prebuilt pixelfeed and engine_bench")
-            print("building release binaries (cargo build --release) ...", file=sys.stderr, flush=True)
+            features = cargo_features()
+            print(f"building release binaries (cargo build --release {' '.join(features)}) ...",
+                  file=sys.stderr, flush=True)
             subprocess.run(
                 ["cargo", "build", "--release", "-q", "-p", "pixelfeed-server",
-                 "--bin", "pixelfeed", "--example", "engine_bench"],
+                 "--bin", "pixelfeed", "--example", "engine_bench", *features],
                 cwd=REPO, check=True,
             )
     for name, p in bins.items():
@@ -590,6 +621,7 @@ def main() -> None:
     skipped: Dict[str, Dict[str, str]] = {s: {} for s in sets}
     server = Server(bins["pixelfeed"], args.cores)
     t_start = time.perf_counter()
+    draft_unavailable = False
     try:
         for rnd in range(cfg.rounds):
             for s in sets:
@@ -600,17 +632,29 @@ def main() -> None:
                     if m == "torchvision" and not have_torch:
                         skipped[s][m] = "torch/torchvision not installed (no CPU wheel on this machine's index)"
                         continue
+                    if m in ("engine_draft", "flight_draft") and draft_unavailable:
+                        skipped[s][m] = "binaries built without draft decoding (cargo feature turbojpeg)"
+                        continue
                     t = time.perf_counter()
-                    if m == "engine":
-                        r = run_engine(bins, SPEC_F32, folder, args.cores, cfg)
-                    elif m == "engine_u8":
-                        r = run_engine(bins, SPEC_U8, folder, args.cores, cfg)
-                    elif m == "flight_f32":
-                        r = run_flight(server, SPEC_F32, images, cfg)
-                    elif m == "flight_u8":
-                        r = run_flight(server, SPEC_U8, images, cfg)
-                    else:
-                        r = run_pool(m, images, args.cores, cfg)
+                    try:
+                        if m == "engine":
+                            r = run_engine(bins, SPEC_F32, folder, args.cores, cfg)
+                        elif m == "engine_draft":
+                            r = run_engine(bins, SPEC_DRAFT, folder, args.cores, cfg)
+                        elif m == "engine_u8":
+                            r = run_engine(bins, SPEC_U8, folder, args.cores, cfg)
+                        elif m == "flight_f32":
+                            r = run_flight(server, SPEC_F32, images, cfg)
+                        elif m == "flight_draft":
+                            r = run_flight(server, SPEC_DRAFT, images, cfg)
+                        elif m == "flight_u8":
+                            r = run_flight(server, SPEC_U8, images, cfg)
+                        else:
+                            r = run_pool(m, images, args.cores, cfg)
+                    except DraftUnavailable:
+                        draft_unavailable = True
+                        skipped[s][m] = "binaries built without draft decoding (cargo feature turbojpeg)"
+                        continue
                     raw[s].setdefault(m, []).append(r)
                     print(f"[round {rnd + 1}/{cfg.rounds}] {s:<8} {m:<12} {r['ips']:8.1f} img/s "
                           f"{r['cpu_per_1k']:6.2f} cpu-s/1k  other load {100 * r['other_load']:3.0f}%  "

@@ -156,18 +156,49 @@ def open_oriented(data: bytes, orient: bool = True) -> Image.Image:
     return img
 
 
+#: EXIF orientations that swap width and height (transpose and the rotations by 90°).
+_TRANSPOSING = {5, 6, 7, 8}
+
+
+def open_drafted(data: bytes, spec: Mapping[str, Any]) -> Tuple[Image.Image, int]:
+    """Open a JPEG the way a Pillow user with ``draft`` would: the resized size
+    of the full image is asked of ``Image.draft('RGB', size)`` (in stored
+    orientation), then the drafted image is oriented. Returns the image and the
+    scale Pillow chose (1 when it did not draft, as for CMYK and PNG files)."""
+    s = resolve(spec)
+    full = open_oriented(data, bool(s["exif_orientation"]))
+    new_w, new_h = resized_size(full.width, full.height, s["resize"])
+    img = Image.open(io.BytesIO(data))
+    orientation = img.getexif().get(0x0112, 1) if s["exif_orientation"] else 1
+    if orientation in _TRANSPOSING:
+        new_w, new_h = new_h, new_w
+    scale = 1
+    if img.format == "JPEG" and img.mode in ("RGB", "L"):
+        img.draft("RGB", (new_w, new_h))
+        scale = img.decoderconfig[0] if img.decoderconfig else 1
+    img.load()
+    if s["exif_orientation"]:
+        img = ImageOps.exif_transpose(img)
+    return img, scale
+
+
 def pillow_reference(data: bytes, spec: Mapping[str, Any]) -> Tuple[np.ndarray, Tuple[int, int]]:
-    """Reference pixels for one image: (uint8 array H×W×C, (source_h, source_w) after orientation)."""
+    """Reference pixels for one image: (uint8 array H×W×C, (source_h, source_w) after orientation).
+
+    With ``"draft": true`` the pipeline starts from :func:`open_drafted`; the
+    returned source size is still the full image's."""
     s = resolve(spec)
     img = open_oriented(data, bool(s["exif_orientation"]))
     src_w, src_h = img.size
+    if s.get("draft"):
+        img, _ = open_drafted(data, s)
     img = _to_8bit(img)
     with warnings.catch_warnings():
         # "Palette images with Transparency expressed in bytes should be
         # converted to RGBA": irrelevant, alpha is dropped either way.
         warnings.simplefilter("ignore", UserWarning)
         img = img.convert("RGB" if s["color"] == "rgb" else "L")
-    new_w, new_h = resized_size(src_w, src_h, s["resize"])
+    new_w, new_h = resized_size(img.width, img.height, s["resize"])
     img = img.resize((new_w, new_h), PIL_FILTERS[s["filter"]])
     if s["crop"]:
         img = img.crop(center_crop_box(new_w, new_h, int(s["crop"]["width"]), int(s["crop"]["height"])))

@@ -32,6 +32,7 @@ IMAGENET_RESOLVED = {
     "flip": None,
     "seed": 0,
     "strict": False,
+    "draft": False,
 }
 
 

@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use super::pipeline::{process_row, Context, Geometry, RowOutcome};
 use super::BatchStages;
-use super::{BlockAllocator, EngineConfig, EngineError};
+use super::{jpeg_draft, BlockAllocator, EngineConfig, EngineError};
 
 /// The `image` column, whichever binary layout it uses.
 enum Images<'a> {
@@ -125,6 +125,22 @@ fn geometry_column(outcomes: &[RowOutcome]) -> Result<StructArray, ArrowError> {
     StructArray::try_new(geometry_fields(), columns, nulls)
 }
 
+/// Refuses a spec this build cannot run: `draft` without the `turbojpeg`
+/// feature (decoding in full instead would silently give other pixels).
+///
+/// # Errors
+/// [`EngineError::Unsupported`] naming the field and the missing feature.
+pub fn check_spec(spec: &TransformSpec) -> Result<(), EngineError> {
+    if spec.draft && !jpeg_draft::AVAILABLE {
+        return Err(EngineError::Unsupported(
+            "spec field draft: this server was built without draft decoding \
+             (cargo feature `turbojpeg`, which needs cmake and nasm to build)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 /// [`process_batch`](super::process_batch), also returning how long each row
 /// spent in each stage (for latency metrics; the engine itself records
 /// nothing).
@@ -138,6 +154,7 @@ pub fn process_batch_timed(
     alloc: &dyn BlockAllocator,
     first_row: u64,
 ) -> Result<(RecordBatch, BatchStages), EngineError> {
+    check_spec(spec)?;
     let input_schema = batch.schema();
     let schema = Arc::new(output_schema(&input_schema, spec)?);
     let image_index = image_column_index(&input_schema)?;

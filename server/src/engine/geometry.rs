@@ -73,6 +73,38 @@ pub(crate) struct Mapping {
 }
 
 impl Plan {
+    /// The part of the output window inside the resized image: all that the
+    /// resize has to compute (the rest is padding). Empty when the window
+    /// lies wholly outside.
+    pub(crate) fn visible(&self) -> Rect {
+        let (rh, rw) = self.resized;
+        let w = self.window;
+        let clamp = |v: i64, end: u32| v.clamp(0, i64::from(end)) as u32;
+        let (top, bottom) = (clamp(w.top, rh), clamp(w.top + i64::from(w.height), rh));
+        let (left, right) = (clamp(w.left, rw), clamp(w.left + i64::from(w.width), rw));
+        Rect {
+            top,
+            left,
+            height: bottom - top,
+            width: right - left,
+        }
+    }
+
+    /// The same plan with the window in the coordinates of `part` of the
+    /// resized image (what the tensor writer reads when only `part` was
+    /// resized).
+    pub(crate) fn relative_to(&self, part: Rect) -> Plan {
+        Plan {
+            window: Window {
+                top: self.window.top - i64::from(part.top),
+                left: self.window.left - i64::from(part.left),
+                ..self.window
+            },
+            resized: (part.height, part.width),
+            ..*self
+        }
+    }
+
     /// The output window mapped back to the oriented source.
     pub(crate) fn mapping(&self) -> Mapping {
         let scale_y = f64::from(self.resized.0) / f64::from(self.source.height.max(1));
@@ -86,6 +118,33 @@ impl Plan {
             box_width: f64::from(self.window.width) / scale_x,
         }
     }
+}
+
+impl Mapping {
+    /// The mapping of an image decoded at 1/`scale` (a draft), expressed in
+    /// the full-size source: drafted pixel `i` covers source pixels
+    /// `i*scale .. (i+1)*scale`.
+    pub(crate) fn undrafted(self, scale: u32) -> Mapping {
+        let s = f64::from(scale);
+        Mapping {
+            scale_y: self.scale_y / s,
+            scale_x: self.scale_x / s,
+            box_top: self.box_top * s,
+            box_left: self.box_left * s,
+            box_height: self.box_height * s,
+            box_width: self.box_width * s,
+        }
+    }
+}
+
+/// The draft scale (1, 2, 4 or 8) for a plan: the largest reduction that
+/// keeps the region to resize at least as large as its resized size in both
+/// directions, computed as Pillow's `Image.draft(mode, resized size)`
+/// computes it (integer division of the sizes).
+pub(crate) fn draft_scale(plan: &Plan) -> u32 {
+    let (rh, rw) = plan.resized;
+    let fit = (plan.source.width / rw.max(1)).min(plan.source.height / rh.max(1));
+    [8, 4, 2].into_iter().find(|&s| s <= fit).unwrap_or(1)
 }
 
 /// The per-row random number stream: SplitMix64 seeded from the spec's
@@ -461,6 +520,32 @@ pub(crate) mod tests {
         assert_eq!(fit(5, 100, 2, 3), (5, 8));
         assert_eq!(fit(5, 100, 2, 5), (5, 12));
         assert_eq!(fit(4, 4, 1, 10_000), (1, 4));
+    }
+
+    #[test]
+    fn draft_scale_is_pillows_draft_of_the_resized_size() {
+        let spec = TransformSpec::from_json(br#"{"preset":"imagenet"}"#).unwrap();
+        // Pillow 13: Image.new('RGB', (w, h)) saved as JPEG, then
+        // im.draft('RGB', resized size) -> im.decoderconfig[0] (the scale).
+        // 2448x1632 -> 384x256: min(2448 // 384, 1632 // 256) = 6 -> 4.
+        assert_eq!(draft_scale(&plan(&spec, 1632, 2448, 0)), 4);
+        // 500x375 -> 341x256: 1 (no draft below 2x).
+        assert_eq!(draft_scale(&plan(&spec, 375, 500, 0)), 1);
+        // 512x512 -> 256x256: exactly 2.
+        assert_eq!(draft_scale(&plan(&spec, 512, 512, 0)), 2);
+        // 4096x2048 -> 512x256: 8; 8000x6000 -> 341x256 is capped at 8.
+        assert_eq!(draft_scale(&plan(&spec, 2048, 4096, 0)), 8);
+        assert_eq!(draft_scale(&plan(&spec, 6000, 8000, 0)), 8);
+        // No resize at all (resize none + crop): never drafted.
+        let none = TransformSpec::from_value(&json!({
+            "resize": {"mode": "none"},
+            "crop": {"mode": "center", "height": 8, "width": 8}
+        }))
+        .unwrap();
+        assert_eq!(draft_scale(&plan(&none, 4000, 4000, 0)), 1);
+        let m = plan(&spec, 408, 612, 0).mapping().undrafted(4);
+        assert!((m.scale_x - 384.0 / 612.0 / 4.0).abs() < 1e-12);
+        assert!((m.box_width - 224.0 * 612.0 / 384.0 * 4.0).abs() < 1e-9);
     }
 
     #[test]

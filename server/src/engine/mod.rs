@@ -21,7 +21,11 @@
 //! 2. `jpeg` / `png`: our own bounds-checked header walk finds the size
 //!    and orientation metadata, the limits are checked, and a cleaned stream
 //!    (pixel-defining segments/chunks only) goes to zune-jpeg / zune-png in
-//!    strict mode. See those modules for exactly what is tolerated.
+//!    strict mode. See those modules for exactly what is tolerated. With
+//!    `spec.draft` a JPEG that the resize shrinks 2× or more goes to
+//!    `jpeg_draft` instead: libjpeg-turbo decodes it at 1/2, 1/4 or 1/8
+//!    scale (feature `turbojpeg`), and the plan is made again for the
+//!    drafted size.
 //! 3. `exif` + `orient`: EXIF Orientation (IFD0 only), else XMP
 //!    `tiff:Orientation`, applied as `exif_transpose` does when
 //!    `spec.exif_orientation`. `height`/`width` report the oriented size.
@@ -30,9 +34,11 @@
 //! 5. `geometry` + `resize`: torchvision's size arithmetic; Pillow's
 //!    antialiased filters via fast_image_resize, run horizontal pass first
 //!    as Pillow does; nearest neighbour reproduces Pillow's accumulated
-//!    sample positions. Resize first, then the crop window is read out of
-//!    the resized image (no fused crop: it was not needed for speed and
-//!    resize-then-crop is Pillow's order by construction).
+//!    sample positions. The crop is fused into the resize: only the part
+//!    of the resized image that the output window shows is computed, with
+//!    each output pixel's filter weights taken from its place in the full
+//!    resize (so the part equals that window of a full resize; unit-tested
+//!    in `resize`).
 //! 6. `tensor`: one pass into the row's slot of the batch's single output
 //!    block (dtype, normalisation LUT, layout).
 //!
@@ -51,6 +57,7 @@ mod error;
 mod exif;
 mod geometry;
 mod jpeg;
+mod jpeg_draft;
 mod orient;
 mod output;
 mod pipeline;
@@ -108,6 +115,10 @@ pub enum EngineError {
     /// The allocator could not provide an output block.
     #[error("could not allocate the output tensor buffer: {0}")]
     Allocation(String),
+    /// The spec asks for something this build cannot do (a draft without
+    /// the `turbojpeg` feature).
+    #[error("{0}")]
+    Unsupported(String),
     /// Assembling the Arrow output failed (a bug, reported rather than panicking).
     #[error("building the output batch failed: {0}")]
     Arrow(#[from] arrow_schema::ArrowError),
@@ -134,7 +145,7 @@ pub struct BatchStages {
     pub rows: Vec<RowStages>,
 }
 
-pub use batch::process_batch_timed;
+pub use batch::{check_spec, process_batch_timed};
 
 /// Runs the whole pipeline over one input batch.
 ///

@@ -1,4 +1,5 @@
-//! One row, start to finish: sniff → header + limits → decode → gray →
+//! One row, start to finish: sniff → header + limits → decode (at a draft
+//! scale when the spec asks and the resize allows) → gray →
 //! orient → plan (random draws) → source crop → resize → tensor, with every intermediate in reused
 //! thread-local buffers and any panic contained.
 //!
@@ -26,7 +27,7 @@ use super::geometry::{self, Mapping, Plan};
 use super::orient::Orientation;
 use super::sniff::{first_bytes_hex, sniff, Sniffed};
 use super::tensor::TensorWriter;
-use super::{color, jpeg, png, resize, EngineConfig, RowStages};
+use super::{color, jpeg, jpeg_draft, png, resize, EngineConfig, RowStages};
 
 /// Thread-local buffers larger than this are released after the row that
 /// grew them, so one huge image does not pin its memory in every worker.
@@ -111,7 +112,7 @@ struct Scratch {
     gray: Vec<u8>,
     /// The oriented image.
     oriented: Vec<u8>,
-    /// The resized image the crop window is read from.
+    /// The part of the resized image the output window shows.
     resized: Vec<u8>,
     /// The horizontal pass of a two-pass resize.
     half_resized: Vec<u8>,
@@ -274,6 +275,8 @@ fn run(
         });
     }
     let strict = ctx.spec.strict;
+    // The draft scale the image was decoded at (1: full size).
+    let mut draft = 1;
     let (width, height, channels, orient, plan) = match sniff(data) {
         Sniffed::Jpeg => {
             let header = jpeg::parse_header(data, &mut s.encoded)?;
@@ -293,13 +296,25 @@ fn run(
             check_limits(header.width, header.height, ctx.config)?;
             let plan = checked_plan(ctx, orient.oriented_size(header.height, header.width), key)?;
             progress.warning = jpeg::finish_stream(data, &header, &mut s.encoded, strict)?;
-            let (channels, warning) =
-                jpeg::decode(&s.encoded, &header, ctx.max_side, &mut s.decoded, strict)?;
+            if ctx.spec.draft && jpeg_draft::can_draft(&header) {
+                draft = geometry::draft_scale(&plan);
+            }
+            let (width, height, channels, plan, warning) = if draft > 1 {
+                let d = jpeg_draft::decode(&s.encoded, &header, draft, strict, &mut s.decoded)?;
+                // The plan again, for the drafted size: the geometry a
+                // Pillow user gets by resizing the drafted image.
+                let plan = checked_plan(ctx, orient.oriented_size(d.height, d.width), key)?;
+                (d.width, d.height, d.channels, plan, d.warning)
+            } else {
+                let (channels, warning) =
+                    jpeg::decode(&s.encoded, &header, ctx.max_side, &mut s.decoded, strict)?;
+                (header.width, header.height, channels, plan, warning)
+            };
             progress.warning = match (warning, progress.warning.take()) {
                 (Some(decode), Some(stream)) => Some(format!("{decode}; {stream}")),
                 (decode, stream) => decode.or(stream),
             };
-            (header.width, header.height, channels, orient, plan)
+            (width, height, channels, orient, plan)
         }
         Sniffed::Png => {
             let header = png::parse_header(data)?;
@@ -324,7 +339,7 @@ fn run(
         orientation: orient.exif_value(),
         flipped_horizontal: plan.flip_horizontal,
         flipped_vertical: plan.flip_vertical,
-        mapping: plan.mapping(),
+        mapping: plan.mapping().undrafted(draft),
     });
     Ok(())
 }
@@ -406,10 +421,16 @@ fn transform(
     }
 
     let (rh, rw) = plan.resized;
-    let source: &[u8] = if (rh, rw) == (src.height, src.width) {
-        pixels
+    let (source, plan) = if (rh, rw) == (src.height, src.width) {
+        (pixels, *plan)
     } else {
-        let out = sized(resized, rh as usize * rw as usize * channels);
+        // Only the part of the resized image that the output window shows
+        // is computed (the crop fused into the resize).
+        let part = plan.visible();
+        let out = sized(
+            resized,
+            part.height as usize * part.width as usize * channels,
+        );
         resize::resize(
             resizer,
             pixels,
@@ -417,17 +438,19 @@ fn transform(
             channels,
             out,
             (rw, rh),
+            part,
             ctx.spec.filter,
             half_resized,
         )?;
-        out
+        (&*out, plan.relative_to(part))
     };
     let resized_at = Instant::now();
+    let (height, width) = plan.resized;
     ctx.writer.write(
         source,
-        (rw as usize, rh as usize),
+        (width as usize, height as usize),
         channels,
-        plan,
+        &plan,
         slot,
         row,
     )?;

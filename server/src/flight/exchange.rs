@@ -331,6 +331,7 @@ async fn process(
 pub fn engine_status(e: EngineError) -> Status {
     match e {
         EngineError::Contract(c) => Status::invalid_argument(c.to_string()),
+        EngineError::Unsupported(_) => Status::invalid_argument(e.to_string()),
         EngineError::Allocation(_) => Status::resource_exhausted(e.to_string()),
         EngineError::Arrow(_) => Status::internal(e.to_string()),
     }

@@ -1,0 +1,262 @@
+//! Draft decoding: a JPEG decoded straight at 1/2, 1/4 or 1/8 of its size
+//! in the DCT domain, by libjpeg-turbo (cargo feature `turbojpeg`).
+//!
+//! This is what Pillow's `Image.draft` does, and the only way to decode a
+//! large photo much faster than in full: the entropy decoding is the same,
+//! but the inverse DCT, upsampling and colour conversion run on 1/4, 1/16
+//! or 1/64 of the pixels, and the resize that follows starts from a small
+//! image. zune-jpeg (our full-size decoder) has no scaled output, so the
+//! draft path uses libjpeg-turbo 3.1, built from the turbojpeg-sys crate's
+//! bundled source: the same library, IDCT (`JDCT_ISLOW`) and fancy
+//! upsampling as Pillow's wheels, so drafted pixels equal Pillow's.
+//!
+//! The stream handed over is the one [`super::jpeg`] rebuilt after its
+//! header walk and limit checks, so everything that module refuses is
+//! refused here too before libjpeg-turbo sees a byte. libjpeg-turbo
+//! reports recoverable damage (a truncated scan, corrupt entropy data) as
+//! a warning: with `strict` the first one stops decoding and the row is an
+//! error; otherwise the decoded (padded) image is kept with the warning.
+//! Progressive files are held to [`SCAN_LIMIT`] scans, libjpeg-turbo's
+//! guard against scan-bomb files that take minutes to decode.
+//!
+//! Without the feature, [`AVAILABLE`] is false and the engine refuses draft
+//! specs before any row runs (`super::check_spec`).
+
+use super::error::RowError;
+use super::jpeg::JpegHeader;
+
+/// Whether this build can decode drafts.
+pub(crate) const AVAILABLE: bool = cfg!(feature = "turbojpeg");
+
+/// Most scans a progressive JPEG may have (libjpeg-turbo's `djpeg
+/// -maxscans` advice; real encoders write about 10).
+#[cfg_attr(not(feature = "turbojpeg"), allow(dead_code))]
+const SCAN_LIMIT: i32 = 500;
+
+/// Whether a frame can be drafted: gray or YCbCr/RGB (CMYK and YCCK are
+/// decoded in full by zune-jpeg, which converts them to RGB).
+pub(crate) fn can_draft(header: &JpegHeader<'_>) -> bool {
+    matches!(header.components, 1 | 3)
+}
+
+/// A decoded draft.
+#[derive(Debug)]
+pub(crate) struct Draft {
+    /// Width of the decoded image (stored orientation).
+    pub width: u32,
+    /// Height of the decoded image (stored orientation).
+    pub height: u32,
+    /// 1 (gray) or 3 (RGB) interleaved channels.
+    pub channels: usize,
+    /// libjpeg-turbo's warning, when the image decoded only with recovery.
+    pub warning: Option<String>,
+}
+
+/// Decodes `stream` (the cleaned stream of a frame described by `header`,
+/// with `can_draft(header)`) at 1/`scale` (2, 4 or 8) into `dst`.
+#[cfg(feature = "turbojpeg")]
+pub(crate) fn decode(
+    stream: &[u8],
+    header: &JpegHeader<'_>,
+    scale: u32,
+    strict: bool,
+    dst: &mut Vec<u8>,
+) -> Result<Draft, RowError> {
+    turbo::decode(stream, header, scale, strict, dst)
+}
+
+/// Stand-in when the feature is off; unreachable because the engine
+/// refuses draft specs first.
+#[cfg(not(feature = "turbojpeg"))]
+pub(crate) fn decode(
+    _stream: &[u8],
+    _header: &JpegHeader<'_>,
+    _scale: u32,
+    _strict: bool,
+    _dst: &mut Vec<u8>,
+) -> Result<Draft, RowError> {
+    Err(RowError::Internal(
+        "draft decoding is not built in (cargo feature `turbojpeg`)".into(),
+    ))
+}
+
+#[cfg(feature = "turbojpeg")]
+mod turbo {
+    use std::cell::RefCell;
+    use std::ffi::{c_int, CStr};
+
+    use turbojpeg_sys as tj;
+
+    use super::{Draft, SCAN_LIMIT};
+    use crate::engine::error::RowError;
+    use crate::engine::jpeg::JpegHeader;
+
+    /// The size of a `width` × `height` image decoded at 1/`scale`:
+    /// libjpeg's rounding up (`TJSCALED`, as Pillow's `draft` reports it).
+    fn scaled_size(width: u32, height: u32, scale: u32) -> (u32, u32) {
+        (width.div_ceil(scale), height.div_ceil(scale))
+    }
+
+    /// A TurboJPEG decompressor handle, owned by one thread.
+    struct Handle(tj::tjhandle);
+
+    impl Handle {
+        fn new() -> Result<Self, RowError> {
+            // SAFETY: tj3Init has no preconditions; null means failure.
+            let ptr = unsafe { tj::tj3Init(tj::TJINIT_TJINIT_DECOMPRESS as c_int) };
+            if ptr.is_null() {
+                return Err(RowError::Internal(
+                    "libjpeg-turbo could not create a decompressor".into(),
+                ));
+            }
+            Ok(Self(ptr))
+        }
+
+        /// libjpeg-turbo's last error message on this handle.
+        fn message(&self) -> String {
+            // SAFETY: the handle is live; tj3GetErrorStr returns a
+            // NUL-terminated string owned by the handle, copied at once.
+            let text = unsafe { CStr::from_ptr(tj::tj3GetErrorStr(self.0)) };
+            text.to_string_lossy().trim().to_string()
+        }
+
+        /// Whether the last failure was only a warning (the output image is
+        /// complete, with damage padded).
+        fn last_was_warning(&self) -> bool {
+            // SAFETY: the handle is live.
+            unsafe { tj::tj3GetErrorCode(self.0) == tj::TJERR_TJERR_WARNING as c_int }
+        }
+
+        fn set(&mut self, param: tj::TJPARAM, value: c_int) -> Result<(), RowError> {
+            // SAFETY: the handle is live; tj3Set validates its arguments.
+            if unsafe { tj::tj3Set(self.0, param as c_int, value) } != 0 {
+                return Err(RowError::Internal(format!(
+                    "libjpeg-turbo refused a parameter: {}",
+                    self.message()
+                )));
+            }
+            Ok(())
+        }
+    }
+
+    impl Drop for Handle {
+        fn drop(&mut self) {
+            // SAFETY: the handle came from tj3Init and is destroyed once.
+            unsafe { tj::tj3Destroy(self.0) };
+        }
+    }
+
+    thread_local! {
+        /// One handle per worker thread, reused across rows (tj3Init
+        /// allocates the whole libjpeg decompressor).
+        static HANDLE: RefCell<Option<Handle>> = const { RefCell::new(None) };
+    }
+
+    pub(super) fn decode(
+        stream: &[u8],
+        header: &JpegHeader<'_>,
+        scale: u32,
+        strict: bool,
+        dst: &mut Vec<u8>,
+    ) -> Result<Draft, RowError> {
+        let (format, channels) = match header.components {
+            1 => (tj::TJPF_TJPF_GRAY, 1),
+            3 => (tj::TJPF_TJPF_RGB, 3),
+            n => {
+                return Err(RowError::Internal(format!(
+                    "cannot draft a {n}-component JPEG"
+                )))
+            }
+        };
+        if !matches!(scale, 2 | 4 | 8) {
+            return Err(RowError::Internal(format!("no 1/{scale} draft scale")));
+        }
+        let (width, height) = scaled_size(header.width, header.height, scale);
+        let pitch = width as usize * channels;
+        let len = pitch * height as usize;
+        if dst.len() < len {
+            dst.resize(len, 0);
+        }
+        let pitch = c_int::try_from(pitch)
+            .map_err(|_| RowError::Internal("draft row too long for libjpeg-turbo".into()))?;
+        let stream_len = tj::size_t::try_from(stream.len())
+            .map_err(|_| RowError::Internal("JPEG too long for libjpeg-turbo".into()))?;
+        HANDLE.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            let handle = match slot.as_mut() {
+                Some(h) => h,
+                None => slot.insert(Handle::new()?),
+            };
+            handle.set(tj::TJPARAM_TJPARAM_STOPONWARNING, c_int::from(strict))?;
+            handle.set(tj::TJPARAM_TJPARAM_SCANLIMIT, SCAN_LIMIT)?;
+            // SAFETY: `stream` is valid for `stream_len` bytes.
+            if unsafe { tj::tj3DecompressHeader(handle.0, stream.as_ptr(), stream_len) } != 0 {
+                return Err(RowError::JpegDecode(format!(
+                    "libjpeg-turbo: {}",
+                    handle.message()
+                )));
+            }
+            // The output buffer is sized from our own header walk; make sure
+            // libjpeg-turbo read the same frame size before it writes.
+            // SAFETY: the handle is live.
+            let (jpeg_w, jpeg_h) = unsafe {
+                (
+                    tj::tj3Get(handle.0, tj::TJPARAM_TJPARAM_JPEGWIDTH as c_int),
+                    tj::tj3Get(handle.0, tj::TJPARAM_TJPARAM_JPEGHEIGHT as c_int),
+                )
+            };
+            if (i64::from(jpeg_w), i64::from(jpeg_h))
+                != (i64::from(header.width), i64::from(header.height))
+            {
+                return Err(RowError::Internal(format!(
+                    "JPEG frame size {}x{} read as {jpeg_w}x{jpeg_h} by libjpeg-turbo",
+                    header.width, header.height
+                )));
+            }
+            let factor = tj::tjscalingfactor {
+                num: 1,
+                denom: scale as c_int,
+            };
+            // SAFETY: the handle is live; 1/2, 1/4 and 1/8 are supported factors.
+            if unsafe { tj::tj3SetScalingFactor(handle.0, factor) } != 0 {
+                return Err(RowError::Internal(format!(
+                    "libjpeg-turbo refused the scale: {}",
+                    handle.message()
+                )));
+            }
+            // SAFETY: `stream` is valid for `stream_len` bytes; `dst`
+            // holds `height` rows of `pitch` bytes, the size libjpeg-turbo
+            // writes for this frame at this scale (TJSCALED of the frame
+            // size it read above, checked equal to ours).
+            let status = unsafe {
+                tj::tj3Decompress8(
+                    handle.0,
+                    stream.as_ptr(),
+                    stream_len,
+                    dst.as_mut_ptr(),
+                    pitch,
+                    format as c_int,
+                )
+            };
+            let warning = if status == 0 {
+                None
+            } else if !strict && handle.last_was_warning() {
+                Some(format!(
+                    "decoded with recovery: libjpeg-turbo: {}",
+                    handle.message()
+                ))
+            } else {
+                return Err(RowError::JpegDecode(format!(
+                    "libjpeg-turbo: {}",
+                    handle.message()
+                )));
+            };
+            Ok(Draft {
+                width,
+                height,
+                channels,
+                warning,
+            })
+        })
+    }
+}
