@@ -5,10 +5,11 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/venv.sh
+source scripts/features.sh
 ensure_venv
 
-echo "== cargo build --release -p pixelfeed-server --bin pixelfeed"
-cargo build --release -p pixelfeed-server --bin pixelfeed
+echo "== cargo build --release -p pixelfeed-server --bin pixelfeed $PIXELFEED_FEATURES"
+cargo build --release -p pixelfeed-server --bin pixelfeed $PIXELFEED_FEATURES
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 bin="$target_dir/release/pixelfeed"
 

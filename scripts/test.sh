@@ -2,22 +2,24 @@
 # Quick start command 2 (and what CI runs): every test, Rust and Python.
 #   bash scripts/test.sh [extra pytest args]
 # 1. venv with the Python client + test deps (scripts/venv.sh)
-# 2. cargo build of the debug server binary, cargo test --workspace
+# 2. cargo build of the debug server binary, cargo test --workspace (with
+#    draft decoding when cmake and nasm are installed: scripts/features.sh)
 # 3. pytest tests/python -v against that binary (PIXELFEED_BIN); the
 #    end-to-end tests start and stop the server themselves.
 # Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/venv.sh
+source scripts/features.sh
 ensure_venv test
 
-echo "== cargo build -p pixelfeed-server --bin pixelfeed"
-cargo build -p pixelfeed-server --bin pixelfeed
+echo "== cargo build -p pixelfeed-server --bin pixelfeed $PIXELFEED_FEATURES"
+cargo build -p pixelfeed-server --bin pixelfeed $PIXELFEED_FEATURES
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 export PIXELFEED_BIN="${PIXELFEED_BIN:-$target_dir/debug/pixelfeed}"
 
-echo "== cargo test --workspace"
-cargo test --workspace
+echo "== cargo test --workspace $PIXELFEED_FEATURES"
+cargo test --workspace $PIXELFEED_FEATURES
 
 echo "== pytest tests/python (server: $PIXELFEED_BIN)"
 "$PY" -m pytest tests/python -v "$@"

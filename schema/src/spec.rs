@@ -232,14 +232,14 @@ pub struct TransformSpec {
     /// are error rows; when false (default) they are decoded as far as
     /// possible and the row carries a `warning`.
     pub strict: bool,
-    /// When true, a JPEG whose resize shrinks it at least 2× in both
-    /// directions is decoded straight at 1/2, 1/4 or 1/8 scale in the DCT
-    /// domain (Pillow's `Image.draft`), the largest reduction that keeps the
-    /// region to resize at least as large as its resized size. Several times
-    /// faster for large photos; the pixels are those of Pillow after
-    /// `draft('RGB', resized size)`, not of a full decode. PNGs and CMYK
-    /// JPEGs are decoded in full. Needs a server built with the `turbojpeg`
-    /// feature. Default false.
+    /// When true, JPEGs are decoded as Pillow does after
+    /// `draft('RGB', resized size)`: by libjpeg-turbo, straight at 1/2, 1/4
+    /// or 1/8 scale in the DCT domain when the resize shrinks the image at
+    /// least that much in both directions (the largest such reduction), at
+    /// full size otherwise. Several times faster for large photos; the
+    /// pixels are Pillow's with that draft, not those of a full decode.
+    /// PNGs and CMYK JPEGs are decoded as without it. Needs a server built
+    /// with the `turbojpeg` feature. Default false.
     pub draft: bool,
 }
 

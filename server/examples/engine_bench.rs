@@ -5,7 +5,8 @@
 //! into record batches of `--batch` rows, and runs
 //! [`pixelfeed_server::engine::process_batch`] over those batches back to
 //! back (rows in parallel on a rayon pool of `--threads` threads, output in
-//! [`HeapAllocator`] blocks) until both `--min-seconds` and `--min-batches`
+//! blocks of the server's own [`HostBufferPool`], pageable, so they are
+//! reused as in the server rather than allocated and zeroed per batch) until both `--min-seconds` and `--min-batches`
 //! are reached, after `--warmup` untimed batches. Prints one JSON object on
 //! stdout:
 //!
@@ -30,7 +31,8 @@ use std::time::{Duration, Instant};
 use arrow_array::{Array, BinaryArray, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
 use pixelfeed_schema::TransformSpec;
-use pixelfeed_server::engine::{process_batch, EngineConfig, HeapAllocator};
+use pixelfeed_server::engine::{process_batch, EngineConfig};
+use pixelfeed_server::pool::{HostBufferPool, PinnedMode, PoolConfig};
 
 /// Command-line options (parsed by hand: `--name value` pairs).
 struct Options {
@@ -147,16 +149,14 @@ fn run(o: &Options) -> Result<serde_json::Value, String> {
     let images = read_images(&o.dir)?;
     let batches = cycled_batches(&images, o.batch);
     let config = EngineConfig::default();
+    let pool = HostBufferPool::new(PoolConfig {
+        pinned: PinnedMode::Off,
+        ..PoolConfig::default()
+    });
     let mut errors = 0usize;
     let mut step = |i: usize| -> Result<(), String> {
-        let out = process_batch(
-            &batches[i % batches.len()],
-            &spec,
-            &config,
-            &HeapAllocator,
-            0,
-        )
-        .map_err(|e| e.to_string())?;
+        let out = process_batch(&batches[i % batches.len()], &spec, &config, &pool, 0)
+            .map_err(|e| e.to_string())?;
         let error = out
             .column_by_name("error")
             .expect("output has an error column");

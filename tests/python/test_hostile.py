@@ -38,6 +38,8 @@ from pfhelpers import DATA_IMAGES, TOLERANCE, mean_abs_diff, pillow_reference, r
 #: The manifest's REJECT rows are what a *strict* decoder does ("REJECT (strict)").
 SPEC = {"preset": "imagenet", "dtype": "uint8", "layout": "hwc", "normalize": None, "strict": True}
 LENIENT = dict(SPEC, strict=False)
+#: The same through libjpeg-turbo (draft decoding; servers built with `turbojpeg`).
+DRAFT = dict(SPEC, draft=True)
 CALL_BOUND_S = 60.0
 RSS_BOUND_KIB = 2 * 1024 * 1024  # 2 GiB
 GOOD = ["pillow_hopper.jpg", "pillow_hopper.png", "china_progressive_420_q90.jpg", "coffee_palette16_trns.png"]
@@ -107,11 +109,11 @@ def run_interleaved(
     return rows, time.monotonic() - start
 
 
-def _alone(client) -> Dict[str, np.ndarray]:
+def _alone(client, spec: Dict = SPEC) -> Dict[str, np.ndarray]:
     """Each GOOD image processed in a call of its own (the reference for good rows)."""
     out = {}
     for g in GOOD:
-        tensor, _, _, error = run_named(client, [(g, (DATA_IMAGES / g).read_bytes())], SPEC)[g]
+        tensor, _, _, error = run_named(client, [(g, (DATA_IMAGES / g).read_bytes())], spec)[g]
         assert error is None, f"{g}: {error}"
         out[f"good:{g}"] = tensor
     return out
@@ -146,17 +148,29 @@ def check_rows(
     return report, problems
 
 
-def test_hostile_corpus_one_call(client, server, corpus):
+def _skip_unless_drafting(client) -> None:
+    """Skip (visibly) when the server was built without draft decoding."""
+    try:
+        run_named(client, [("probe", (DATA_IMAGES / GOOD[0]).read_bytes())], DRAFT)
+    except Exception as e:  # noqa: BLE001 - pyarrow's class for it varies by version
+        assert "built without draft decoding" in str(e), e
+        pytest.skip("server built without the turbojpeg feature: the draft decoder is not tested")
+
+
+@pytest.mark.parametrize("spec", [SPEC, DRAFT], ids=["zune", "draft_libjpeg_turbo"])
+def test_hostile_corpus_one_call(client, server, corpus, spec):
     folder = corpus / "hostile"
     if not folder.is_dir():
         pytest.skip(f"{folder} is missing")
+    if spec is DRAFT:
+        _skip_unless_drafting(client)
     expectations = {f: c for f, (c, _) in load_manifest(folder).items()}
     hostile = [(p.name, p.read_bytes()) for p in sorted(folder.iterdir()) if p.is_file() and p.suffix not in (".tsv", ".md")]
     assert hostile
-    alone = _alone(client)
+    alone = _alone(client, spec)
     rss_before = server.rss_kib("VmRSS")
 
-    rows, seconds = run_interleaved(client, hostile, timeout=CALL_BOUND_S + 30)
+    rows, seconds = run_interleaved(client, hostile, timeout=CALL_BOUND_S + 30, spec=spec)
     server.check_alive("after the hostile call")
     rss_after = server.rss_kib("VmRSS")
     peak = server.rss_kib("VmHWM")
@@ -174,10 +188,10 @@ def test_hostile_corpus_one_call(client, server, corpus):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Pillow's "Corrupt EXIF data" etc.
-                ref, _ = pillow_reference(data, SPEC)
+                ref, _ = pillow_reference(data, spec)
         except Exception:  # noqa: BLE001 - Pillow refuses it: nothing to compare with
             continue
-        diff = mean_abs_diff(tensor, SPEC, ref)
+        diff = mean_abs_diff(tensor, spec, ref)
         tol = TOLERANCE.get(sniff(data) or "JPEG", 1.0)
         if diff > tol:
             problems.append(f"{file}: accepted, but mean |diff| vs Pillow {diff:.2f} > {tol}")
@@ -187,18 +201,21 @@ def test_hostile_corpus_one_call(client, server, corpus):
     assert not problems, "\n".join(problems)
 
     # Still serving: a second call gives the same answer as before.
-    again = run_named(client, [("g", (DATA_IMAGES / GOOD[0]).read_bytes())], SPEC)["g"][0]
+    again = run_named(client, [("g", (DATA_IMAGES / GOOD[0]).read_bytes())], spec)["g"][0]
     assert np.array_equal(again, alone[f"good:{GOOD[0]}"])
 
 
-def test_lenient_mode_never_hides_what_strict_refuses(client, server, corpus):
+@pytest.mark.parametrize("strict", [SPEC, DRAFT], ids=["zune", "draft_libjpeg_turbo"])
+def test_lenient_mode_never_hides_what_strict_refuses(client, server, corpus, strict):
     """``strict: false``: a file strict mode rejects is rejected or carries a warning, never silently OK."""
     folder = corpus / "hostile"
     if not folder.is_dir():
         pytest.skip(f"{folder} is missing")
+    if strict is DRAFT:
+        _skip_unless_drafting(client)
     hostile = [(p.name, p.read_bytes()) for p in sorted(folder.iterdir()) if p.is_file() and p.suffix not in (".tsv", ".md")]
-    strict_rows, _ = run_interleaved(client, hostile, timeout=CALL_BOUND_S + 30)
-    lenient_rows, _ = run_interleaved(client, hostile, timeout=CALL_BOUND_S + 30, spec=LENIENT)
+    strict_rows, _ = run_interleaved(client, hostile, timeout=CALL_BOUND_S + 30, spec=strict)
+    lenient_rows, _ = run_interleaved(client, hostile, timeout=CALL_BOUND_S + 30, spec=dict(strict, strict=False))
     server.check_alive("after the lenient hostile call")
     assert [r["name"] for r in strict_rows] == [r["name"] for r in lenient_rows]
     silent, recovered = [], []

@@ -1,5 +1,7 @@
 //! Draft decoding: a JPEG decoded straight at 1/2, 1/4 or 1/8 of its size
-//! in the DCT domain, by libjpeg-turbo (cargo feature `turbojpeg`).
+//! in the DCT domain, by libjpeg-turbo (cargo feature `turbojpeg`); at full
+//! size when the resize does not shrink it 2× (still by libjpeg-turbo, so a
+//! draft spec gives Pillow's decoder's pixels throughout).
 //!
 //! This is what Pillow's `Image.draft` does, and the only way to decode a
 //! large photo much faster than in full: the entropy decoding is the same,
@@ -53,7 +55,7 @@ pub(crate) struct Draft {
 }
 
 /// Decodes `stream` (the cleaned stream of a frame described by `header`,
-/// with `can_draft(header)`) at 1/`scale` (2, 4 or 8) into `dst`.
+/// with `can_draft(header)`) at 1/`scale` (1, 2, 4 or 8) into `dst`.
 #[cfg(feature = "turbojpeg")]
 pub(crate) fn decode(
     stream: &[u8],
@@ -168,7 +170,7 @@ mod turbo {
                 )))
             }
         };
-        if !matches!(scale, 2 | 4 | 8) {
+        if !matches!(scale, 1 | 2 | 4 | 8) {
             return Err(RowError::Internal(format!("no 1/{scale} draft scale")));
         }
         let (width, height) = scaled_size(header.width, header.height, scale);
@@ -258,5 +260,78 @@ mod turbo {
                 warning,
             })
         })
+    }
+}
+
+#[cfg(all(test, feature = "turbojpeg"))]
+mod tests {
+    use super::*;
+    use crate::engine::jpeg;
+
+    /// A bundled 4:2:0 progressive photo (tests/data/images/ATTRIBUTION.tsv).
+    const PHOTO: &[u8] = include_bytes!("../../../tests/data/images/china_progressive_420_q90.jpg");
+
+    /// The cleaned stream and header of `data`, as the pipeline prepares them.
+    fn prepared(data: &[u8]) -> (Vec<u8>, jpeg::JpegHeader<'_>) {
+        let mut stream = Vec::new();
+        let header = jpeg::parse_header(data, &mut stream).unwrap();
+        jpeg::finish_stream(data, &header, &mut stream, true).unwrap();
+        (stream, header)
+    }
+
+    #[test]
+    fn drafts_are_the_full_decode_averaged_over_scale_blocks() {
+        // A DCT-domain 1/s decode approximates the mean of each s×s block
+        // of the full image; compare against zune-jpeg's full decode (an
+        // independent decoder) averaged the same way.
+        let (stream, header) = prepared(PHOTO);
+        let mut full = Vec::new();
+        let (channels, _) = jpeg::decode(&stream, &header, 1 << 20, &mut full, true).unwrap();
+        assert_eq!(channels, 3);
+        let (w, h) = (header.width as usize, header.height as usize);
+        for scale in [1u32, 2, 4, 8] {
+            let mut out = Vec::new();
+            let d = decode(&stream, &header, scale, true, &mut out).unwrap();
+            let s = scale as usize;
+            assert_eq!(
+                (d.width, d.height),
+                (header.width.div_ceil(scale), header.height.div_ceil(scale))
+            );
+            assert_eq!((d.channels, d.warning), (3, None));
+            let (dw, dh) = (d.width as usize, d.height as usize);
+            let mut total = 0.0;
+            for y in 0..h / s {
+                for x in 0..w / s {
+                    for c in 0..3 {
+                        let mut sum = 0u32;
+                        for yy in 0..s {
+                            for xx in 0..s {
+                                sum += u32::from(full[((y * s + yy) * w + x * s + xx) * 3 + c]);
+                            }
+                        }
+                        let mean = f64::from(sum) / (s * s) as f64;
+                        total += (mean - f64::from(out[(y * dw + x) * 3 + c])).abs();
+                    }
+                }
+            }
+            let mad = total / ((h / s) * (w / s) * 3) as f64;
+            assert!(mad < 3.0, "1/{scale}: mean |draft - block mean| = {mad:.2}");
+            assert!(dh * s >= h && dw * s >= w);
+        }
+    }
+
+    #[test]
+    fn damage_is_a_warning_or_an_error_by_strictness() {
+        // Cut inside the scan data: libjpeg-turbo pads and warns.
+        let cut = &PHOTO[..PHOTO.len() / 2];
+        let mut stream = Vec::new();
+        let header = jpeg::parse_header(cut, &mut stream).unwrap();
+        jpeg::finish_stream(cut, &header, &mut stream, false).unwrap();
+        let mut out = Vec::new();
+        let lenient = decode(&stream, &header, 4, false, &mut out).unwrap();
+        let warning = lenient.warning.expect("a truncated scan warns");
+        assert!(warning.contains("libjpeg-turbo"), "{warning}");
+        let strict = decode(&stream, &header, 4, true, &mut out).unwrap_err();
+        assert!(strict.to_string().contains("libjpeg-turbo"), "{strict}");
     }
 }

@@ -296,20 +296,25 @@ fn run(
             check_limits(header.width, header.height, ctx.config)?;
             let plan = checked_plan(ctx, orient.oriented_size(header.height, header.width), key)?;
             progress.warning = jpeg::finish_stream(data, &header, &mut s.encoded, strict)?;
-            if ctx.spec.draft && jpeg_draft::can_draft(&header) {
-                draft = geometry::draft_scale(&plan);
-            }
-            let (width, height, channels, plan, warning) = if draft > 1 {
-                let d = jpeg_draft::decode(&s.encoded, &header, draft, strict, &mut s.decoded)?;
-                // The plan again, for the drafted size: the geometry a
-                // Pillow user gets by resizing the drafted image.
-                let plan = checked_plan(ctx, orient.oriented_size(d.height, d.width), key)?;
-                (d.width, d.height, d.channels, plan, d.warning)
-            } else {
-                let (channels, warning) =
-                    jpeg::decode(&s.encoded, &header, ctx.max_side, &mut s.decoded, strict)?;
-                (header.width, header.height, channels, plan, warning)
-            };
+            // Draft specs decode as Pillow does with `draft`: libjpeg-turbo,
+            // scaled when the resize allows, full size otherwise.
+            let (width, height, channels, plan, warning) =
+                if ctx.spec.draft && jpeg_draft::can_draft(&header) {
+                    draft = geometry::draft_scale(&plan);
+                    let d = jpeg_draft::decode(&s.encoded, &header, draft, strict, &mut s.decoded)?;
+                    // The plan again, for the drafted size: the geometry a
+                    // Pillow user gets by resizing the drafted image.
+                    let plan = if draft > 1 {
+                        checked_plan(ctx, orient.oriented_size(d.height, d.width), key)?
+                    } else {
+                        plan
+                    };
+                    (d.width, d.height, d.channels, plan, d.warning)
+                } else {
+                    let (channels, warning) =
+                        jpeg::decode(&s.encoded, &header, ctx.max_side, &mut s.decoded, strict)?;
+                    (header.width, header.height, channels, plan, warning)
+                };
             progress.warning = match (warning, progress.warning.take()) {
                 (Some(decode), Some(stream)) => Some(format!("{decode}; {stream}")),
                 (decode, stream) => decode.or(stream),
