@@ -84,7 +84,6 @@ pub(crate) fn decode(
 
 #[cfg(feature = "turbojpeg")]
 mod turbo {
-    use std::cell::RefCell;
     use std::ffi::{c_int, CStr};
 
     use turbojpeg_sys as tj;
@@ -148,12 +147,6 @@ mod turbo {
         }
     }
 
-    thread_local! {
-        /// One handle per worker thread, reused across rows (tj3Init
-        /// allocates the whole libjpeg decompressor).
-        static HANDLE: RefCell<Option<Handle>> = const { RefCell::new(None) };
-    }
-
     pub(super) fn decode(
         stream: &[u8],
         header: &JpegHeader<'_>,
@@ -183,12 +176,13 @@ mod turbo {
             .map_err(|_| RowError::Internal("draft row too long for libjpeg-turbo".into()))?;
         let stream_len = tj::size_t::try_from(stream.len())
             .map_err(|_| RowError::Internal("JPEG too long for libjpeg-turbo".into()))?;
-        HANDLE.with(|cell| {
-            let mut slot = cell.borrow_mut();
-            let handle = match slot.as_mut() {
-                Some(h) => h,
-                None => slot.insert(Handle::new()?),
-            };
+        {
+            // A fresh decompressor per image: libjpeg keeps Huffman and
+            // quantisation tables between images on one handle (for
+            // abbreviated streams), so a reused handle would let one row's
+            // tables, or a hostile file's broken ones, leak into the next
+            // row. tj3Init costs microseconds next to a decode.
+            let mut handle = Handle::new()?;
             handle.set(tj::TJPARAM_TJPARAM_STOPONWARNING, c_int::from(strict))?;
             handle.set(tj::TJPARAM_TJPARAM_SCANLIMIT, SCAN_LIMIT)?;
             // SAFETY: `stream` is valid for `stream_len` bytes.
@@ -259,7 +253,7 @@ mod turbo {
                 channels,
                 warning,
             })
-        })
+        }
     }
 }
 
@@ -317,6 +311,32 @@ mod tests {
             let mad = total / ((h / s) * (w / s) * 3) as f64;
             assert!(mad < 3.0, "1/{scale}: mean |draft - block mean| = {mad:.2}");
             assert!(dh * s >= h && dw * s >= w);
+        }
+    }
+
+    #[test]
+    fn a_broken_file_leaves_nothing_behind_for_the_next_row() {
+        // libjpeg keeps tables between images on one decompressor; a file
+        // whose Huffman table is broken must not break the next row.
+        let (stream, header) = prepared(PHOTO);
+        let mut good = Vec::new();
+        decode(&stream, &header, 2, true, &mut good).unwrap();
+        let dht = stream
+            .windows(2)
+            .position(|w| w == [0xFF, 0xC4])
+            .expect("a DHT segment");
+        for (i, bad_byte) in [(dht + 4, 0x7Fu8), (dht + 5, 0xFF)] {
+            let mut broken = stream.clone();
+            broken[i] = bad_byte;
+            let mut out = Vec::new();
+            let err = decode(&broken, &header, 2, true, &mut out).unwrap_err();
+            assert!(err.to_string().contains("libjpeg-turbo"), "{err}");
+            let mut again = Vec::new();
+            decode(&stream, &header, 2, true, &mut again).unwrap();
+            assert!(
+                again == good,
+                "the row after a broken file decoded differently"
+            );
         }
     }
 
