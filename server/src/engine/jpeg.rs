@@ -381,10 +381,9 @@ fn check_scan_markers(data: &[u8], sos: usize) -> ScanEnd {
         problem,
     };
     loop {
-        let Some(ff) = data
-            .get(pos..)
-            .and_then(|rest| rest.iter().position(|&b| b == 0xFF))
-        else {
+        // memchr: SIMD search; this walk reads every byte of the scan data
+        // (2–3 % of a row's time with a byte-by-byte search).
+        let Some(ff) = data.get(pos..).and_then(|rest| memchr::memchr(0xFF, rest)) else {
             return to_the_end(problem);
         };
         pos += ff;

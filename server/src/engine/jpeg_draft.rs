@@ -56,7 +56,8 @@ pub(crate) struct Draft {
 
 /// Decodes `stream` (the cleaned stream of a frame described by `header`,
 /// with `can_draft(header)`) at 1/`scale` (1, 2, 4 or 8) into `dst`.
-#[cfg(feature = "turbojpeg")]
+/// Without the feature it fails; unreachable, because the engine refuses
+/// draft specs first.
 pub(crate) fn decode(
     stream: &[u8],
     header: &JpegHeader<'_>,
@@ -64,22 +65,17 @@ pub(crate) fn decode(
     strict: bool,
     dst: &mut Vec<u8>,
 ) -> Result<Draft, RowError> {
-    turbo::decode(stream, header, scale, strict, dst)
-}
-
-/// Stand-in when the feature is off; unreachable because the engine
-/// refuses draft specs first.
-#[cfg(not(feature = "turbojpeg"))]
-pub(crate) fn decode(
-    _stream: &[u8],
-    _header: &JpegHeader<'_>,
-    _scale: u32,
-    _strict: bool,
-    _dst: &mut Vec<u8>,
-) -> Result<Draft, RowError> {
-    Err(RowError::Internal(
-        "draft decoding is not built in (cargo feature `turbojpeg`)".into(),
-    ))
+    #[cfg(feature = "turbojpeg")]
+    {
+        turbo::decode(stream, header, scale, strict, dst)
+    }
+    #[cfg(not(feature = "turbojpeg"))]
+    {
+        let _ = (stream, header, scale, strict, dst);
+        Err(RowError::Internal(
+            "draft decoding is not built in (cargo feature `turbojpeg`)".into(),
+        ))
+    }
 }
 
 #[cfg(feature = "turbojpeg")]
