@@ -9,6 +9,7 @@
 //! | `decode` | exact 8×8, nearest, uint8 HWC | decode (+ sniff, header walk; resize and tensor writes are negligible) |
 //! | `resize_u8` | imagenet, uint8 HWC, no normalise | decode + antialiased resize + crop |
 //! | `imagenet_f32` | imagenet preset (float32 CHW, normalised) | the whole row |
+//! | `draft_f32` | imagenet preset + `"draft": true` (feature `turbojpeg` only) | the whole row, JPEG decoded by libjpeg-turbo at 1/2 |
 //!
 //! `resize_u8 - decode` approximates the resize cost, `imagenet_f32 -
 //! resize_u8` the float conversion / normalisation / CHW transpose.
@@ -49,6 +50,9 @@ const IMAGES: [(&str, &str); 2] = [
     ("png_128x128", "pillow_hopper.png"),
 ];
 
+/// Benched only in builds with draft decoding (the feature `turbojpeg`).
+const DRAFT_SPEC: (&str, &str) = ("draft_f32", r#"{"preset":"imagenet","draft":true}"#);
+
 const BATCH_SIZES: [usize; 2] = [1, 32];
 
 fn image(name: &str) -> Vec<u8> {
@@ -69,7 +73,8 @@ fn engine(c: &mut Criterion) {
         .iter()
         .map(|(label, file)| (*label, image(file)))
         .collect();
-    for (group_name, json) in SPECS {
+    let draft = cfg!(feature = "turbojpeg").then_some(DRAFT_SPEC);
+    for (group_name, json) in SPECS.into_iter().chain(draft) {
         let spec = TransformSpec::from_json(json.as_bytes()).expect("bench spec is valid");
         let mut group = c.benchmark_group(group_name);
         group
