@@ -7,8 +7,8 @@
 //! large photo much faster than in full: the entropy decoding is the same,
 //! but the inverse DCT, upsampling and colour conversion run on 1/4, 1/16
 //! or 1/64 of the pixels, and the resize that follows starts from a small
-//! image. zune-jpeg (our full-size decoder) has no scaled output, so the
-//! draft path uses libjpeg-turbo 3.1, built from the turbojpeg-sys crate's
+//! image. zune-jpeg (the decoder of non-draft specs) has no scaled output,
+//! so the draft path uses libjpeg-turbo 3.1, built from the turbojpeg-sys crate's
 //! bundled source: the same library, IDCT (`JDCT_ISLOW`) and fancy
 //! upsampling as Pillow's wheels, so drafted pixels equal Pillow's.
 //!
@@ -94,7 +94,7 @@ mod turbo {
         (width.div_ceil(scale), height.div_ceil(scale))
     }
 
-    /// A TurboJPEG decompressor handle, owned by one thread.
+    /// A TurboJPEG decompressor handle, made for one image (see `decode`).
     struct Handle(tj::tjhandle);
 
     impl Handle {
