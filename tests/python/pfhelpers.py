@@ -182,6 +182,22 @@ def open_drafted(data: bytes, spec: Mapping[str, Any]) -> Tuple[Image.Image, int
     return img, scale
 
 
+def server_drafts(client: Any) -> bool:
+    """Whether the server under test was built with draft decoding (cargo
+    feature ``turbojpeg``): one bundled JPEG sent with ``"draft": true``. Any
+    refusal other than the "built without" one fails the test."""
+    import pyarrow as pa
+    import pyarrow.flight as flight
+
+    data = (DATA_IMAGES / "pillow_hopper.jpg").read_bytes()
+    try:
+        run_named(client, [("probe", data)], {"preset": "imagenet", "draft": True})
+        return True
+    except (flight.FlightError, pa.ArrowException) as e:
+        assert "built without draft decoding" in str(e), f"unexpected refusal: {e}"
+        return False
+
+
 def pillow_reference(data: bytes, spec: Mapping[str, Any]) -> Tuple[np.ndarray, Tuple[int, int]]:
     """Reference pixels for one image: (uint8 array H×W×C, (source_h, source_w) after orientation).
 

@@ -24,6 +24,7 @@ from pfhelpers import (
     open_drafted,
     open_oriented,
     run_named,
+    server_drafts,
 )
 
 #: Small resize targets so the bundled images (128 to 640 pixels) are drafted
@@ -41,20 +42,9 @@ EXACT = {"resize": {"mode": "exact", "height": 60, "width": 50}, "filter": "bicu
 DRAFT_TOLERANCE = 0.5
 
 
-def _server_drafts(client) -> bool:
-    """Whether the server under test was built with draft decoding."""
-    data = (bundled_images()[0]).read_bytes()
-    try:
-        run_named(client, [("probe", data)], SMALL)
-        return True
-    except (flight.FlightError, pa.ArrowException) as e:
-        assert "built without draft decoding" in str(e), f"unexpected refusal: {e}"
-        return False
-
-
 @pytest.fixture
 def drafting(client):
-    if not _server_drafts(client):
+    if not server_drafts(client):
         pytest.skip("server built without the turbojpeg feature (needs cmake and nasm): draft pixels not tested")
     return client
 
@@ -65,7 +55,7 @@ def _jpegs() -> List[Tuple[str, bytes]]:
 
 def test_draft_is_refused_or_decodes(client):
     """A build either drafts or refuses the spec by name; it never decodes in full silently."""
-    if _server_drafts(client):
+    if server_drafts(client):
         out = run_named(client, [("a", _jpegs()[0][1])], SMALL)["a"]
         assert out[3] is None
     else:
