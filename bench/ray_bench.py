@@ -133,7 +133,7 @@ def main() -> None:
         None,
     )
     if binary is None:
-        raise SystemExit("build the server first: cargo build --release -p pixelfeed-server --bin pixelfeed")
+        raise SystemExit("build the server first: cargo build --release -p pixelfeed-cli --bin pixelfeed")
     images = load_images(args.dir, args.images)
     spec = SPECS[args.spec]
     servers = [start_server(binary, args.threads) for _ in range(args.servers)]

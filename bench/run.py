@@ -15,8 +15,8 @@ Methods (every one turns encoded bytes already in memory into tensors):
                 the practical ceiling of a CPU decoder
   pillow_draft  `pillow` after Image.draft('RGB', (256, 256)) (libjpeg-turbo
                 DCT-domain downscale); large set only
-  engine        pixelfeed_server::engine::process_batch in-process, rayon pool
-                of `cores` threads (server/examples/engine_bench.rs),
+  engine        pixelfeed_engine::process_batch in-process, rayon pool
+                of `cores` threads (engine/examples/engine_bench.rs),
                 imagenet preset (float32 CHW, normalised)
   engine_u8     same engine, flight_u8's spec (the like-for-like baseline
                 of flight_u8)
@@ -539,7 +539,7 @@ def build(bin_dir: Optional[Path], no_build: bool) -> Dict[str, Path]:
             print(f"building release binaries (cargo build --release {' '.join(features)}) ...",
                   file=sys.stderr, flush=True)
             subprocess.run(
-                ["cargo", "build", "--release", "-q", "-p", "pixelfeed-server",
+                ["cargo", "build", "--release", "-q", "-p", "pixelfeed-cli", "-p", "pixelfeed-engine",
                  "--bin", "pixelfeed", "--example", "engine_bench", *features],
                 cwd=REPO, check=True,
             )

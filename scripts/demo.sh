@@ -8,8 +8,8 @@ source scripts/venv.sh
 source scripts/features.sh
 ensure_venv
 
-echo "== cargo build --release -p pixelfeed-server --bin pixelfeed $PIXELFEED_FEATURES"
-cargo build --release -p pixelfeed-server --bin pixelfeed $PIXELFEED_FEATURES
+echo "== cargo build --release -p pixelfeed-cli --bin pixelfeed $PIXELFEED_FEATURES"
+cargo build --release -p pixelfeed-cli --bin pixelfeed $PIXELFEED_FEATURES
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 bin="$target_dir/release/pixelfeed"
 

@@ -4,7 +4,7 @@
 # and the draft tests skip with a message saying so.
 #   source scripts/features.sh; cargo build $PIXELFEED_FEATURES ...
 if command -v cmake >/dev/null 2>&1 && command -v nasm >/dev/null 2>&1; then
-  PIXELFEED_FEATURES="--features pixelfeed-server/turbojpeg"
+  PIXELFEED_FEATURES="--features pixelfeed-engine/turbojpeg"
 else
   PIXELFEED_FEATURES=""
   echo "note: cmake or nasm not found: building without draft decoding (feature turbojpeg)" >&2

@@ -13,8 +13,8 @@ source scripts/venv.sh
 source scripts/features.sh
 ensure_venv test
 
-echo "== cargo build -p pixelfeed-server --bin pixelfeed $PIXELFEED_FEATURES"
-cargo build -p pixelfeed-server --bin pixelfeed $PIXELFEED_FEATURES
+echo "== cargo build -p pixelfeed-cli --bin pixelfeed $PIXELFEED_FEATURES"
+cargo build -p pixelfeed-cli --bin pixelfeed $PIXELFEED_FEATURES
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 export PIXELFEED_BIN="${PIXELFEED_BIN:-$target_dir/debug/pixelfeed}"
 

@@ -9,7 +9,7 @@ use arrow_array::{Array, ArrayRef, BinaryArray, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
 use libfuzzer_sys::fuzz_target;
 use pixelfeed_schema::TransformSpec;
-use pixelfeed_server::engine::{process_batch, EngineConfig, HeapAllocator};
+use pixelfeed_engine::{process_batch, EngineConfig, HeapAllocator};
 
 /// Two specs so both the uint8 and the normalised float path run; the
 /// input's length picks one (so seed images keep their magic bytes).

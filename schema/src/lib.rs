@@ -3,27 +3,53 @@
 //!
 //! - [`TransformSpec`] — the validated JSON transform spec a client sends as
 //!   the `DoExchange` descriptor command ([`spec`]).
-//! - [`columns`] — names of the input and output columns.
+//! - [`columns`] and the metadata keys — names on the wire.
 //! - [`FixedShapeTensorMetadata`] and [`tensor_field`] — the
-//!   `arrow.fixed_shape_tensor` extension type of the `tensor` column, written
-//!   by hand because arrow-rs's own serialiser emits JSON pyarrow rejects.
+//!   `arrow.fixed_shape_tensor` extension type of the `tensor` column
+//!   ([`extension`]), written by hand because arrow-rs's own serialiser
+//!   emits JSON pyarrow rejects.
 //! - [`output_schema`] — the schema of every output batch for a given input
-//!   schema and spec.
+//!   schema and spec ([`output`]).
+//! - [`ShardTicket`] and [`InfoRequest`] — dataset reads: the
+//!   `GetFlightInfo` command and the `DoGet` ticket ([`ticket`]).
+//! - [`RowErrorKind`] — the stable kinds behind the `error` column.
 //!
-//! This crate knows nothing of pixels or of Flight transport; it only says
-//! what goes over the wire.
+//! API boundary: this crate knows nothing of pixels or of Flight transport
+//! (its dependencies are arrow-schema and serde); it only says what goes
+//! over the wire. `fixtures/contract.json` is the same contract as data,
+//! checked against these constants by `tests/contract.rs` and against the
+//! Python client's copy by `tests/python/test_contract.py`.
 
+pub mod extension;
+pub mod output;
+pub mod row_error;
 pub mod spec;
-mod tensor;
+pub mod ticket;
 
+pub use extension::{
+    tensor_field, value_type, FixedShapeTensorMetadata, EXTENSION_METADATA_KEY, EXTENSION_NAME_KEY,
+    FIXED_SHAPE_TENSOR,
+};
+pub use output::{geometry_fields, image_column_index, output_schema, ContractError};
+pub use row_error::RowErrorKind;
 pub use spec::{
     Color, Crop, DType, Filter, Flip, Layout, Normalize, Resize, SpecError, TransformSpec,
 };
-pub use tensor::{
-    geometry_fields, image_column_index, output_schema, tensor_field, value_type, ContractError,
-    FixedShapeTensorMetadata, DTYPE_METADATA_KEY, EXTENSION_METADATA_KEY, EXTENSION_NAME_KEY,
-    FIXED_SHAPE_TENSOR, SPEC_METADATA_KEY, VERSION_METADATA_KEY, WIRE_VERSION,
-};
+pub use ticket::{InfoRequest, ShardTicket, TicketError, MAX_SHARDS, TICKET_VERSION};
+
+/// Schema metadata key holding the resolved spec JSON that produced a batch.
+pub const SPEC_METADATA_KEY: &str = "pixelfeed.spec";
+/// Tensor field metadata key naming the element type as the spec does
+/// (`float32`, `float16`, `bfloat16`, `uint8`). Needed for `bfloat16`, whose
+/// values are carried as `uint16` because Arrow has no bfloat16 type.
+pub const DTYPE_METADATA_KEY: &str = "pixelfeed.dtype";
+/// Schema metadata key holding the wire contract version.
+pub const VERSION_METADATA_KEY: &str = "pixelfeed.version";
+/// The wire contract version this crate describes.
+pub const WIRE_VERSION: &str = "1";
+/// The preset a request that names no spec gets (dataset reads, clients'
+/// defaults).
+pub const DEFAULT_PRESET: &str = "imagenet";
 
 /// Column names of the wire contract.
 pub mod columns {

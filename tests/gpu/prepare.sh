@@ -5,7 +5,8 @@
 #   bash tests/gpu/prepare.sh        # then run tests/gpu/run.sh on the device
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-cargo build --release -p pixelfeed-server --bin pixelfeed
+source scripts/features.sh
+cargo build --release -p pixelfeed-cli --bin pixelfeed $PIXELFEED_FEATURES
 cargo build --release -p pixelfeed-client --features cuda --example rust_gpu_upload
 rm -rf .gpu && mkdir -p .gpu/bin .gpu/images
 cp target/release/pixelfeed target/release/examples/rust_gpu_upload .gpu/bin/

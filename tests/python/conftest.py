@@ -92,7 +92,7 @@ def _start_server(*extra_args: str, env: Optional[Dict[str, str]] = None) -> Ser
     if not binary.exists():
         pytest.fail(
             f"server binary {binary} not found: build it with "
-            "`cargo build -p pixelfeed-server --bin pixelfeed` or set PIXELFEED_BIN",
+            "`cargo build -p pixelfeed-cli --bin pixelfeed` or set PIXELFEED_BIN",
             pytrace=False,
         )
     env = {**os.environ, **(env or {})}

@@ -1,0 +1,207 @@
+//! In-process engine benchmark, driven by `bench/run.py` (also handy under
+//! `perf record`).
+//!
+//! Reads every `.jpg`/`.jpeg`/`.png` in a folder into memory, cycles them
+//! into record batches of `--batch` rows, and runs
+//! [`pixelfeed_engine::process_batch`] over those batches back to
+//! back (rows in parallel on a rayon pool of `--threads` threads, output in
+//! blocks of the server's own [`HostBufferPool`], pageable, so they are
+//! reused as in the server rather than allocated and zeroed per batch) until both `--min-seconds` and `--min-batches`
+//! are reached, after `--warmup` untimed batches. Prints one JSON object on
+//! stdout:
+//!
+//! ```json
+//! {"images": 3200, "wall_s": 8.1, "images_per_s": 395.1, "cpu_s": 16.0,
+//!  "cpu_s_per_1000": 5.0, "latencies_ms": [81.0, ...], "threads": 2,
+//!  "batch": 32, "errors": 0, "files": 100}
+//! ```
+//!
+//! `cpu_s` is user + system time of this process (all threads) over the
+//! timed loop only, from `getrusage(RUSAGE_SELF)`.
+//!
+//! ```sh
+//! cargo run --release -p pixelfeed-server --example engine_bench -- \
+//!     --dir ../shared/corpus/bench/imagenet --threads 2 --min-seconds 5
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_array::{Array, BinaryArray, RecordBatch};
+use arrow_schema::{DataType, Field, Schema};
+use pixelfeed_engine::{process_batch, EngineConfig};
+use pixelfeed_pool::{HostBufferPool, PinnedMode, PoolConfig};
+use pixelfeed_schema::TransformSpec;
+
+/// Command-line options (parsed by hand: `--name value` pairs).
+struct Options {
+    dir: PathBuf,
+    spec: String,
+    batch: usize,
+    threads: usize,
+    min_seconds: f64,
+    min_batches: usize,
+    warmup: usize,
+}
+
+const USAGE: &str = "usage: engine_bench --dir DIR [--spec JSON] [--batch 32] [--threads N] \
+                     [--min-seconds 3] [--min-batches 10] [--warmup 2]";
+
+fn parse_args() -> Result<Options, String> {
+    let mut o = Options {
+        dir: PathBuf::new(),
+        spec: r#"{"preset":"imagenet"}"#.to_owned(),
+        batch: 32,
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        min_seconds: 3.0,
+        min_batches: 10,
+        warmup: 2,
+    };
+    let mut dir = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(name) = args.next() {
+        if name == "-h" || name == "--help" {
+            return Err(USAGE.to_owned());
+        }
+        let value = args
+            .next()
+            .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))?;
+        let bad = |e: &dyn std::fmt::Display| format!("{name} {value}: {e}");
+        match name.as_str() {
+            "--dir" => dir = Some(PathBuf::from(&value)),
+            "--spec" => o.spec = value,
+            "--batch" => o.batch = value.parse().map_err(|e| bad(&e))?,
+            "--threads" => o.threads = value.parse().map_err(|e| bad(&e))?,
+            "--min-seconds" => o.min_seconds = value.parse().map_err(|e| bad(&e))?,
+            "--min-batches" => o.min_batches = value.parse().map_err(|e| bad(&e))?,
+            "--warmup" => o.warmup = value.parse().map_err(|e| bad(&e))?,
+            _ => return Err(format!("unknown option {name}\n{USAGE}")),
+        }
+    }
+    o.dir = dir.ok_or_else(|| format!("--dir is required\n{USAGE}"))?;
+    if o.batch == 0 || o.threads == 0 {
+        return Err("--batch and --threads must be at least 1".to_owned());
+    }
+    Ok(o)
+}
+
+/// The encoded images of `dir` (sorted by name).
+fn read_images(dir: &Path) -> Result<Vec<Vec<u8>>, String> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .and_then(|x| x.to_str())
+                .is_some_and(|x| matches!(x.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
+        })
+        .collect();
+    paths.sort();
+    if paths.is_empty() {
+        return Err(format!("{}: no .jpg/.jpeg/.png files", dir.display()));
+    }
+    paths
+        .iter()
+        .map(|p| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display())))
+        .collect()
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// Every distinct batch of `batch` consecutive images from the endless
+/// cycle over `images` (lcm(n, batch) / batch of them), as zero-copy slices
+/// of one `image: binary` batch.
+fn cycled_batches(images: &[Vec<u8>], batch: usize) -> Vec<RecordBatch> {
+    let n = images.len();
+    let distinct = n / gcd(n, batch);
+    let column = BinaryArray::from_iter_values((0..distinct * batch).map(|i| &images[i % n]));
+    let schema = Schema::new(vec![Field::new("image", DataType::Binary, true)]);
+    let all = RecordBatch::try_new(Arc::new(schema), vec![Arc::new(column)])
+        .expect("one binary column matches its schema");
+    (0..distinct).map(|i| all.slice(i * batch, batch)).collect()
+}
+
+/// User + system CPU seconds of this process, all threads.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct we pass, which is plain data.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        u
+    };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+fn run(o: &Options) -> Result<serde_json::Value, String> {
+    let spec = TransformSpec::from_json(o.spec.as_bytes()).map_err(|e| format!("--spec: {e}"))?;
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(o.threads)
+        .build_global()
+        .map_err(|e| e.to_string())?;
+    let images = read_images(&o.dir)?;
+    let batches = cycled_batches(&images, o.batch);
+    let config = EngineConfig::default();
+    let pool = HostBufferPool::new(PoolConfig {
+        pinned: PinnedMode::Off,
+        ..PoolConfig::default()
+    });
+    let mut errors = 0usize;
+    let mut step = |i: usize| -> Result<(), String> {
+        let out = process_batch(&batches[i % batches.len()], &spec, &config, &pool, 0)
+            .map_err(|e| e.to_string())?;
+        let error = out
+            .column_by_name("error")
+            .expect("output has an error column");
+        errors += error.len() - error.null_count();
+        Ok(())
+    };
+
+    for i in 0..o.warmup {
+        step(i)?;
+    }
+    let min_wall = Duration::from_secs_f64(o.min_seconds);
+    let mut latencies_ms = Vec::new();
+    let cpu0 = cpu_seconds();
+    let t0 = Instant::now();
+    let mut i = o.warmup;
+    while latencies_ms.len() < o.min_batches || t0.elapsed() < min_wall {
+        let t = Instant::now();
+        step(i)?;
+        latencies_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        i += 1;
+    }
+    let wall_s = t0.elapsed().as_secs_f64();
+    let cpu_s = cpu_seconds() - cpu0;
+    let count = latencies_ms.len() * o.batch;
+    Ok(serde_json::json!({
+        "images": count,
+        "wall_s": wall_s,
+        "images_per_s": count as f64 / wall_s,
+        "cpu_s": cpu_s,
+        "cpu_s_per_1000": cpu_s * 1000.0 / count as f64,
+        "latencies_ms": latencies_ms,
+        "threads": o.threads,
+        "batch": o.batch,
+        "errors": errors,
+        "files": images.len(),
+    }))
+}
+
+fn main() {
+    let result = parse_args().and_then(|o| run(&o));
+    match result {
+        Ok(report) => println!("{report}"),
+        Err(e) => {
+            eprintln!("engine_bench: {e}");
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! Draft decoding: a JPEG decoded straight at 1/2, 1/4 or 1/8 of its size
+//! in the DCT domain, by libjpeg-turbo (cargo feature `turbojpeg`); at full
+//! size when the resize does not shrink it 2× (still by libjpeg-turbo, so a
+//! draft spec gives Pillow's decoder's pixels throughout).
+//!
+//! This is what Pillow's `Image.draft` does, and the only way to decode a
+//! large photo much faster than in full: the entropy decoding is the same,
+//! but the inverse DCT, upsampling and colour conversion run on 1/4, 1/16
+//! or 1/64 of the pixels, and the resize that follows starts from a small
+//! image. zune-jpeg (the decoder of non-draft specs) has no scaled output,
+//! so the draft path uses libjpeg-turbo 3.1, built from the turbojpeg-sys crate's
+//! bundled source: the same library, IDCT (`JDCT_ISLOW`) and fancy
+//! upsampling as Pillow's wheels, so drafted pixels equal Pillow's.
+//!
+//! The stream handed over is the one [`super::jpeg`] rebuilt after its
+//! header walk and limit checks, so everything that module refuses is
+//! refused here too before libjpeg-turbo sees a byte. libjpeg-turbo
+//! reports recoverable damage (a truncated scan, corrupt entropy data) as
+//! a warning: with `strict` the first one stops decoding and the row is an
+//! error; otherwise the decoded (padded) image is kept with the warning.
+//! Progressive files are held to [`SCAN_LIMIT`] scans, libjpeg-turbo's
+//! guard against scan-bomb files that take minutes to decode.
+//!
+//! Without the feature, [`AVAILABLE`] is false and the engine refuses draft
+//! specs before any row runs (`super::check_spec`).
+
+use crate::error::RowError;
+use crate::jpeg::JpegHeader;
+
+/// Whether this build can decode drafts.
+pub(crate) const AVAILABLE: bool = cfg!(feature = "turbojpeg");
+
+/// Most scans a progressive JPEG may have (libjpeg-turbo's `djpeg
+/// -maxscans` advice; real encoders write about 10).
+#[cfg_attr(not(feature = "turbojpeg"), allow(dead_code))]
+const SCAN_LIMIT: i32 = 500;
+
+/// Whether a frame can be drafted: gray or YCbCr/RGB (CMYK and YCCK are
+/// decoded in full by zune-jpeg, which converts them to RGB).
+pub(crate) fn can_draft(header: &JpegHeader<'_>) -> bool {
+    matches!(header.components, 1 | 3)
+}
+
+/// A decoded draft.
+#[derive(Debug)]
+pub(crate) struct Draft {
+    /// Width of the decoded image (stored orientation).
+    pub width: u32,
+    /// Height of the decoded image (stored orientation).
+    pub height: u32,
+    /// 1 (gray) or 3 (RGB) interleaved channels.
+    pub channels: usize,
+    /// libjpeg-turbo's warning, when the image decoded only with recovery.
+    pub warning: Option<String>,
+}
+
+/// Decodes `stream` (the cleaned stream of a frame described by `header`,
+/// with `can_draft(header)`) at 1/`scale` (1, 2, 4 or 8) into `dst`.
+/// Without the feature it fails; unreachable, because the engine refuses
+/// draft specs first.
+pub(crate) fn decode(
+    stream: &[u8],
+    header: &JpegHeader<'_>,
+    scale: u32,
+    strict: bool,
+    dst: &mut Vec<u8>,
+) -> Result<Draft, RowError> {
+    #[cfg(feature = "turbojpeg")]
+    {
+        turbo::decode(stream, header, scale, strict, dst)
+    }
+    #[cfg(not(feature = "turbojpeg"))]
+    {
+        let _ = (stream, header, scale, strict, dst);
+        Err(RowError::Internal(
+            "draft decoding is not built in (cargo feature `turbojpeg`)".into(),
+        ))
+    }
+}
+
+#[cfg(feature = "turbojpeg")]
+mod turbo {
+    use std::ffi::{c_int, CStr};
+
+    use turbojpeg_sys as tj;
+
+    use super::{Draft, SCAN_LIMIT};
+    use crate::error::RowError;
+    use crate::jpeg::JpegHeader;
+
+    /// The size of a `width` × `height` image decoded at 1/`scale`:
+    /// libjpeg's rounding up (`TJSCALED`, as Pillow's `draft` reports it).
+    fn scaled_size(width: u32, height: u32, scale: u32) -> (u32, u32) {
+        (width.div_ceil(scale), height.div_ceil(scale))
+    }
+
+    /// A TurboJPEG decompressor handle, made for one image (see `decode`).
+    struct Handle(tj::tjhandle);
+
+    impl Handle {
+        fn new() -> Result<Self, RowError> {
+            // SAFETY: tj3Init has no preconditions; null means failure.
+            let ptr = unsafe { tj::tj3Init(tj::TJINIT_TJINIT_DECOMPRESS as c_int) };
+            if ptr.is_null() {
+                return Err(RowError::Internal(
+                    "libjpeg-turbo could not create a decompressor".into(),
+                ));
+            }
+            Ok(Self(ptr))
+        }
+
+        /// libjpeg-turbo's last error message on this handle.
+        fn message(&self) -> String {
+            // SAFETY: the handle is live; tj3GetErrorStr returns a
+            // NUL-terminated string owned by the handle, copied at once.
+            let text = unsafe { CStr::from_ptr(tj::tj3GetErrorStr(self.0)) };
+            text.to_string_lossy().trim().to_string()
+        }
+
+        /// Whether the last failure was only a warning (the output image is
+        /// complete, with damage padded).
+        fn last_was_warning(&self) -> bool {
+            // SAFETY: the handle is live.
+            unsafe { tj::tj3GetErrorCode(self.0) == tj::TJERR_TJERR_WARNING as c_int }
+        }
+
+        fn set(&mut self, param: tj::TJPARAM, value: c_int) -> Result<(), RowError> {
+            // SAFETY: the handle is live; tj3Set validates its arguments.
+            if unsafe { tj::tj3Set(self.0, param as c_int, value) } != 0 {
+                return Err(RowError::Internal(format!(
+                    "libjpeg-turbo refused a parameter: {}",
+                    self.message()
+                )));
+            }
+            Ok(())
+        }
+    }
+
+    impl Drop for Handle {
+        fn drop(&mut self) {
+            // SAFETY: the handle came from tj3Init and is destroyed once.
+            unsafe { tj::tj3Destroy(self.0) };
+        }
+    }
+
+    pub(super) fn decode(
+        stream: &[u8],
+        header: &JpegHeader<'_>,
+        scale: u32,
+        strict: bool,
+        dst: &mut Vec<u8>,
+    ) -> Result<Draft, RowError> {
+        let (format, channels) = match header.components {
+            1 => (tj::TJPF_TJPF_GRAY, 1),
+            3 => (tj::TJPF_TJPF_RGB, 3),
+            n => {
+                return Err(RowError::Internal(format!(
+                    "cannot draft a {n}-component JPEG"
+                )))
+            }
+        };
+        if !matches!(scale, 1 | 2 | 4 | 8) {
+            return Err(RowError::Internal(format!("no 1/{scale} draft scale")));
+        }
+        let (width, height) = scaled_size(header.width, header.height, scale);
+        let pitch = width as usize * channels;
+        let len = pitch * height as usize;
+        if dst.len() < len {
+            dst.resize(len, 0);
+        }
+        let pitch = c_int::try_from(pitch)
+            .map_err(|_| RowError::Internal("draft row too long for libjpeg-turbo".into()))?;
+        let stream_len = tj::size_t::try_from(stream.len())
+            .map_err(|_| RowError::Internal("JPEG too long for libjpeg-turbo".into()))?;
+        {
+            // A fresh decompressor per image: libjpeg keeps Huffman and
+            // quantisation tables between images on one handle (for
+            // abbreviated streams), so a reused handle would let one row's
+            // tables, or a hostile file's broken ones, leak into the next
+            // row. tj3Init costs microseconds next to a decode.
+            let mut handle = Handle::new()?;
+            handle.set(tj::TJPARAM_TJPARAM_STOPONWARNING, c_int::from(strict))?;
+            handle.set(tj::TJPARAM_TJPARAM_SCANLIMIT, SCAN_LIMIT)?;
+            // SAFETY: `stream` is valid for `stream_len` bytes.
+            if unsafe { tj::tj3DecompressHeader(handle.0, stream.as_ptr(), stream_len) } != 0 {
+                return Err(RowError::JpegDecode(format!(
+                    "libjpeg-turbo: {}",
+                    handle.message()
+                )));
+            }
+            // The output buffer is sized from our own header walk; make sure
+            // libjpeg-turbo read the same frame size before it writes.
+            // SAFETY: the handle is live.
+            let (jpeg_w, jpeg_h) = unsafe {
+                (
+                    tj::tj3Get(handle.0, tj::TJPARAM_TJPARAM_JPEGWIDTH as c_int),
+                    tj::tj3Get(handle.0, tj::TJPARAM_TJPARAM_JPEGHEIGHT as c_int),
+                )
+            };
+            if (i64::from(jpeg_w), i64::from(jpeg_h))
+                != (i64::from(header.width), i64::from(header.height))
+            {
+                return Err(RowError::Internal(format!(
+                    "JPEG frame size {}x{} read as {jpeg_w}x{jpeg_h} by libjpeg-turbo",
+                    header.width, header.height
+                )));
+            }
+            let factor = tj::tjscalingfactor {
+                num: 1,
+                denom: scale as c_int,
+            };
+            // SAFETY: the handle is live; 1/2, 1/4 and 1/8 are supported factors.
+            if unsafe { tj::tj3SetScalingFactor(handle.0, factor) } != 0 {
+                return Err(RowError::Internal(format!(
+                    "libjpeg-turbo refused the scale: {}",
+                    handle.message()
+                )));
+            }
+            // SAFETY: `stream` is valid for `stream_len` bytes; `dst`
+            // holds `height` rows of `pitch` bytes, the size libjpeg-turbo
+            // writes for this frame at this scale (TJSCALED of the frame
+            // size it read above, checked equal to ours).
+            let status = unsafe {
+                tj::tj3Decompress8(
+                    handle.0,
+                    stream.as_ptr(),
+                    stream_len,
+                    dst.as_mut_ptr(),
+                    pitch,
+                    format as c_int,
+                )
+            };
+            let warning = if status == 0 {
+                None
+            } else if !strict && handle.last_was_warning() {
+                Some(format!(
+                    "decoded with recovery: libjpeg-turbo: {}",
+                    handle.message()
+                ))
+            } else {
+                return Err(RowError::JpegDecode(format!(
+                    "libjpeg-turbo: {}",
+                    handle.message()
+                )));
+            };
+            Ok(Draft {
+                width,
+                height,
+                channels,
+                warning,
+            })
+        }
+    }
+}
+
+#[cfg(all(test, feature = "turbojpeg"))]
+mod tests {
+    use super::*;
+    use crate::jpeg;
+
+    /// A bundled 4:2:0 progressive photo (tests/data/images/ATTRIBUTION.tsv).
+    const PHOTO: &[u8] = include_bytes!("../../tests/data/images/china_progressive_420_q90.jpg");
+
+    /// The cleaned stream and header of `data`, as the pipeline prepares them.
+    fn prepared(data: &[u8]) -> (Vec<u8>, jpeg::JpegHeader<'_>) {
+        let mut stream = Vec::new();
+        let header = jpeg::parse_header(data, &mut stream).unwrap();
+        jpeg::finish_stream(data, &header, &mut stream, true).unwrap();
+        (stream, header)
+    }
+
+    #[test]
+    fn drafts_are_the_full_decode_averaged_over_scale_blocks() {
+        // A DCT-domain 1/s decode approximates the mean of each s×s block
+        // of the full image; compare against zune-jpeg's full decode (an
+        // independent decoder) averaged the same way.
+        let (stream, header) = prepared(PHOTO);
+        let mut full = Vec::new();
+        let (channels, _) = jpeg::decode(&stream, &header, 1 << 20, &mut full, true).unwrap();
+        assert_eq!(channels, 3);
+        let (w, h) = (header.width as usize, header.height as usize);
+        for scale in [1u32, 2, 4, 8] {
+            let mut out = Vec::new();
+            let d = decode(&stream, &header, scale, true, &mut out).unwrap();
+            let s = scale as usize;
+            assert_eq!(
+                (d.width, d.height),
+                (header.width.div_ceil(scale), header.height.div_ceil(scale))
+            );
+            assert_eq!((d.channels, d.warning), (3, None));
+            let (dw, dh) = (d.width as usize, d.height as usize);
+            let mut total = 0.0;
+            for y in 0..h / s {
+                for x in 0..w / s {
+                    for c in 0..3 {
+                        let mut sum = 0u32;
+                        for yy in 0..s {
+                            for xx in 0..s {
+                                sum += u32::from(full[((y * s + yy) * w + x * s + xx) * 3 + c]);
+                            }
+                        }
+                        let mean = f64::from(sum) / (s * s) as f64;
+                        total += (mean - f64::from(out[(y * dw + x) * 3 + c])).abs();
+                    }
+                }
+            }
+            let mad = total / ((h / s) * (w / s) * 3) as f64;
+            assert!(mad < 3.0, "1/{scale}: mean |draft - block mean| = {mad:.2}");
+            assert!(dh * s >= h && dw * s >= w);
+        }
+    }
+
+    #[test]
+    fn a_broken_file_leaves_nothing_behind_for_the_next_row() {
+        // libjpeg keeps tables between images on one decompressor; a file
+        // whose Huffman table is broken must not break the next row.
+        let (stream, header) = prepared(PHOTO);
+        let mut good = Vec::new();
+        decode(&stream, &header, 2, true, &mut good).unwrap();
+        let dht = stream
+            .windows(2)
+            .position(|w| w == [0xFF, 0xC4])
+            .expect("a DHT segment");
+        for (i, bad_byte) in [(dht + 4, 0x7Fu8), (dht + 5, 0xFF)] {
+            let mut broken = stream.clone();
+            broken[i] = bad_byte;
+            let mut out = Vec::new();
+            let err = decode(&broken, &header, 2, true, &mut out).unwrap_err();
+            assert!(err.to_string().contains("libjpeg-turbo"), "{err}");
+            let mut again = Vec::new();
+            decode(&stream, &header, 2, true, &mut again).unwrap();
+            assert!(
+                again == good,
+                "the row after a broken file decoded differently"
+            );
+        }
+    }
+
+    #[test]
+    fn damage_is_a_warning_or_an_error_by_strictness() {
+        // Cut inside the scan data: libjpeg-turbo pads and warns.
+        let cut = &PHOTO[..PHOTO.len() / 2];
+        let mut stream = Vec::new();
+        let header = jpeg::parse_header(cut, &mut stream).unwrap();
+        jpeg::finish_stream(cut, &header, &mut stream, false).unwrap();
+        let mut out = Vec::new();
+        let lenient = decode(&stream, &header, 4, false, &mut out).unwrap();
+        let warning = lenient.warning.expect("a truncated scan warns");
+        assert!(warning.contains("libjpeg-turbo"), "{warning}");
+        let strict = decode(&stream, &header, 4, true, &mut out).unwrap_err();
+        assert!(strict.to_string().contains("libjpeg-turbo"), "{strict}");
+    }
+}

@@ -1,0 +1,260 @@
+//! Configuration of the Flight service and of the server that hosts it:
+//! every config type lives here, so the RPC modules depend on this one and
+//! never on each other.
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use std::path::PathBuf;
+
+use pixelfeed_data::{DatasetRegistry, ReadOptions};
+use pixelfeed_engine::{BlockAllocator, EngineConfig, HeapAllocator};
+
+use crate::auth::AuthToken;
+use crate::metrics::Metrics;
+
+/// Default address `pixelfeed serve` listens on.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 8815);
+
+/// Default largest gRPC message the server accepts or sends (256 MiB).
+///
+/// tonic's own receive default is 4 MiB, but pyarrow sends every record
+/// batch as a single message, so a batch of a few dozen JPEGs already exceeds
+/// it.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 256 << 20;
+
+/// Default size the server aims for when it splits an output batch into
+/// several messages (16 MiB).
+pub const DEFAULT_TARGET_MESSAGE_BYTES: usize = 16 << 20;
+
+/// Default cap on rows in one input batch.
+pub const DEFAULT_MAX_ROWS_PER_BATCH: usize = 8192;
+
+/// Default cap on Flight calls in progress at once.
+pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 256;
+
+/// Per-call limits enforced by the service (see the README's Operations
+/// section for the defaults and why).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallLimits {
+    /// Largest number of rows in one input batch; a larger batch fails the
+    /// call with `RESOURCE_EXHAUSTED` before it reaches the engine (one
+    /// batch is one output block, so this bounds a block's size).
+    pub max_rows_per_batch: usize,
+    /// Largest number of calls in progress at once; one more is refused at
+    /// once with `RESOURCE_EXHAUSTED` (never queued).
+    pub max_concurrent_calls: usize,
+    /// Longest a call may run, streaming included; the client's own
+    /// `grpc-timeout`, when earlier, wins. `None`: no server-side limit.
+    pub call_timeout: Option<Duration>,
+}
+
+impl Default for CallLimits {
+    fn default() -> Self {
+        Self {
+            max_rows_per_batch: DEFAULT_MAX_ROWS_PER_BATCH,
+            max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS,
+            call_timeout: None,
+        }
+    }
+}
+
+/// How one `PixelfeedService` processes requests: engine limits, where
+/// tensor bytes are allocated, and how output is cut into messages.
+///
+/// Start from [`ServiceConfig::default`] and set the fields that differ
+/// (`ServiceConfig { limits, ..Default::default() }`).
+#[derive(Clone)]
+pub struct ServiceConfig {
+    /// Limits applied to every image.
+    pub engine: EngineConfig,
+    /// Approximate upper bound on the Arrow data in one output message.
+    /// Output batches larger than this are sent as several consecutive
+    /// slices of whole rows; a single row larger than this is still sent
+    /// (alone). Values below 1 are treated as 1.
+    pub target_message_bytes: usize,
+    /// Where output tensor blocks come from (heap by default; a pinned host
+    /// pool plugs in here).
+    pub allocator: Arc<dyn BlockAllocator>,
+    /// The bearer token every call must carry; `None`: no authentication.
+    pub auth_token: Option<AuthToken>,
+    /// Row, concurrency and time limits per call.
+    pub limits: CallLimits,
+    /// Where the service counts what it does (served by
+    /// [`serve_metrics`](crate::serve_metrics) when enabled).
+    pub metrics: Arc<Metrics>,
+    /// Server-side datasets (`GetFlightInfo` / `DoGet` / `DoPut`).
+    pub datasets: DatasetsConfig,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            engine: EngineConfig::default(),
+            target_message_bytes: DEFAULT_TARGET_MESSAGE_BYTES,
+            allocator: Arc::new(HeapAllocator),
+            auth_token: None,
+            limits: CallLimits::default(),
+            metrics: Arc::default(),
+            datasets: DatasetsConfig::default(),
+        }
+    }
+}
+
+impl fmt::Debug for ServiceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The allocator is a trait object without Debug; name it only.
+        f.debug_struct("ServiceConfig")
+            .field("engine", &self.engine)
+            .field("target_message_bytes", &self.target_message_bytes)
+            .field("allocator", &"dyn BlockAllocator")
+            .field("auth_token", &self.auth_token)
+            .field("limits", &self.limits)
+            .field("datasets", &self.datasets)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The server's TLS identity (PEM), and the CA that client certificates
+/// must chain to for mutual TLS. `Debug` does not show the key.
+#[derive(Clone)]
+pub struct TlsConfig {
+    /// Certificate chain, PEM.
+    pub cert_pem: Vec<u8>,
+    /// Private key, PEM.
+    pub key_pem: Vec<u8>,
+    /// CA certificates (PEM) for client certificates; `Some` requires every
+    /// client to present one (mutual TLS).
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("cert_pem", &format_args!("{} bytes", self.cert_pem.len()))
+            .field("key_pem", &"<redacted>")
+            .field("mutual", &self.client_ca_pem.is_some())
+            .finish()
+    }
+}
+
+impl TlsConfig {
+    /// tonic's server TLS settings.
+    pub fn server_tls_config(&self) -> tonic::transport::ServerTlsConfig {
+        let identity = tonic::transport::Identity::from_pem(&self.cert_pem, &self.key_pem);
+        let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &self.client_ca_pem {
+            tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+        }
+        tls
+    }
+}
+
+/// Everything needed to run a pixelfeed Flight server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to bind. Used by callers that bind their own listener (the
+    /// CLI); [`serve_with_shutdown`](crate::serve_with_shutdown) takes an
+    /// already-bound listener.
+    pub listen: SocketAddr,
+    /// Largest gRPC message accepted from or sent to a client, in bytes.
+    pub max_message_bytes: usize,
+    /// How requests are processed.
+    pub service: ServiceConfig,
+    /// Serve over TLS (`None`: plaintext h2c).
+    pub tls: Option<TlsConfig>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            service: ServiceConfig::default(),
+            tls: None,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// A warning to print when `addr` is reachable from other hosts while
+    /// the server has no token or no TLS (anyone on the network could use
+    /// it, or read the images and the token).
+    pub fn exposure_warning(&self, addr: SocketAddr) -> Option<String> {
+        if addr.ip().is_loopback() {
+            return None;
+        }
+        let missing: Vec<&str> = [
+            self.service
+                .auth_token
+                .is_none()
+                .then_some("authentication (--auth-token-file)"),
+            self.tls.is_none().then_some("TLS (--tls-cert/--tls-key)"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        (!missing.is_empty()).then(|| {
+            format!(
+                "listening on {addr}, which other hosts can reach, WITHOUT {}",
+                missing.join(" and WITHOUT ")
+            )
+        })
+    }
+}
+
+/// Default cap on one in-memory upload (`DoPut` without a spill directory).
+pub const DEFAULT_UPLOAD_CAP_BYTES: usize = 1 << 30;
+
+/// How the service offers datasets.
+#[derive(Debug, Clone)]
+pub struct DatasetsConfig {
+    /// The named datasets (shared, registrable while serving).
+    pub registry: Arc<DatasetRegistry>,
+    /// This server's own URL (`grpc://host:port`) for endpoint locations;
+    /// `None` leaves it out (endpoints then name only the peers, or no
+    /// location at all, which Flight reads as "this server").
+    pub location: Option<String>,
+    /// Other servers with the same datasets; endpoints rotate over this
+    /// server and them.
+    pub peers: Vec<String>,
+    /// How dataset reads are cut into engine batches.
+    pub read: ReadOptions,
+    /// Largest upload kept in memory, in Arrow data bytes.
+    pub upload_cap_bytes: usize,
+    /// Where uploads are written as Parquet instead of kept in memory.
+    pub spill_dir: Option<PathBuf>,
+}
+
+impl Default for DatasetsConfig {
+    fn default() -> Self {
+        Self {
+            registry: Arc::new(DatasetRegistry::new()),
+            location: None,
+            peers: Vec::new(),
+            read: ReadOptions::default(),
+            upload_cap_bytes: DEFAULT_UPLOAD_CAP_BYTES,
+            spill_dir: None,
+        }
+    }
+}
+
+impl DatasetsConfig {
+    /// The locations of endpoint `i`: this server and the peers, rotated so
+    /// that consecutive endpoints start on consecutive servers.
+    pub(crate) fn locations(&self, i: usize) -> Vec<String> {
+        let all: Vec<&String> = self.location.iter().chain(&self.peers).collect();
+        if all.is_empty() {
+            return Vec::new();
+        }
+        let first = i % all.len();
+        all[first..]
+            .iter()
+            .chain(&all[..first])
+            .map(|s| (*s).clone())
+            .collect()
+    }
+}

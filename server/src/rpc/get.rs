@@ -1,0 +1,95 @@
+//! `DoGet`: one shard of a dataset through the shared data path
+//! ([`crate::stream`]): a blocking reader thread feeds the engine one
+//! batch ahead; output is cut by `split_rows`.
+
+use std::sync::Arc;
+
+use arrow_schema::SchemaRef;
+use pixelfeed_data::Dataset;
+use pixelfeed_schema::{output_schema, ShardTicket, TransformSpec};
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use super::dataset_status;
+use crate::config::ServiceConfig;
+use crate::stream::{
+    check_servable, process_and_send, record_spec, spawn_pipeline, FlightDataStream, Output,
+    OutputResult, Tally,
+};
+
+/// `DoGet`: streams one shard's output batches.
+pub(crate) fn do_get(
+    config: &Arc<ServiceConfig>,
+    ticket: &[u8],
+) -> Result<FlightDataStream, Status> {
+    let (ticket, spec) = ShardTicket::decode(ticket).map_err(|e| Status::invalid_argument(e.0))?;
+    check_servable(&spec)?;
+    record_spec(&spec);
+    let dataset = config
+        .datasets
+        .registry
+        .get(&ticket.dataset)
+        .map_err(dataset_status)?;
+    if dataset.rows() != ticket.rows {
+        return Err(Status::failed_precondition(format!(
+            "dataset {:?} has {} rows here, but the ticket was cut from one of {} rows",
+            ticket.dataset,
+            dataset.rows(),
+            ticket.rows
+        )));
+    }
+    let schema: SchemaRef = Arc::new(
+        output_schema(&dataset.schema(), &spec)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?,
+    );
+    let config = Arc::clone(config);
+    let spec = Arc::new(spec);
+    let range = ticket.start..ticket.end;
+    Ok(spawn_pipeline(&Arc::clone(&config), "DoGet", move |tx| {
+        pump_shard(dataset, range, spec, schema, config, tx)
+    }))
+}
+
+/// Reads the shard on a blocking thread (one batch ahead) and runs each
+/// batch through the engine into `tx`.
+async fn pump_shard(
+    dataset: Arc<Dataset>,
+    range: std::ops::Range<u64>,
+    spec: Arc<TransformSpec>,
+    schema: SchemaRef,
+    config: Arc<ServiceConfig>,
+    tx: mpsc::Sender<OutputResult>,
+) -> Result<(), Status> {
+    if tx
+        .send(Ok(Output::Schema(Arc::clone(&schema))))
+        .await
+        .is_err()
+    {
+        return Ok(());
+    }
+    let (in_tx, mut in_rx) = mpsc::channel(1);
+    let options = config.datasets.read.clone();
+    // Rows are keyed by their index in the dataset, so a shard's random
+    // draws are the same as in a read of the whole dataset.
+    let mut tally = Tally::starting_at(range.start);
+    tokio::task::spawn_blocking(move || match dataset.read(range, &options) {
+        Ok(batches) => {
+            for batch in batches {
+                // A closed channel: the response is gone; stop reading.
+                if in_tx.blocking_send(batch).is_err() {
+                    return;
+                }
+            }
+        }
+        Err(e) => {
+            let _ = in_tx.blocking_send(Err(e));
+        }
+    });
+    while let Some(batch) = in_rx.recv().await {
+        let batch = batch.map_err(dataset_status)?;
+        if !process_and_send(batch, &mut tally, &spec, &config, &schema, &tx).await? {
+            return Ok(());
+        }
+    }
+    Ok(())
+}

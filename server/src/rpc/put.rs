@@ -1,0 +1,101 @@
+//! `DoPut` with a PATH `[NAME]` descriptor: stores an uploaded table of
+//! images as a dataset, in memory up to a cap, or written to a Parquet
+//! file in the spill directory when one is configured
+//! (`pixelfeed_data::upload`).
+
+use arrow_flight::decode::DecodedPayload;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_descriptor::DescriptorType;
+use arrow_flight::FlightData;
+use arrow_schema::SchemaRef;
+use futures::StreamExt;
+use pixelfeed_data::upload::Upload;
+use pixelfeed_data::{check_name, DatasetError};
+use serde_json::{json, Value};
+use tonic::{Status, Streaming};
+
+use super::dataset_status;
+use crate::config::ServiceConfig;
+use crate::split::batch_data_bytes;
+use crate::stream::{input_decoder, input_status};
+
+/// Runs blocking dataset work (file writes) off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, DatasetError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(dataset_status)
+}
+
+/// `DoPut`: stores the uploaded table as dataset NAME (PATH `[NAME]`
+/// descriptor) and answers JSON `{"name", "rows"}`.
+pub(crate) async fn do_put(
+    config: &ServiceConfig,
+    mut input: Streaming<FlightData>,
+) -> Result<Value, Status> {
+    let first = input
+        .message()
+        .await
+        .map_err(|status| input_status(FlightError::from(status)))?
+        .ok_or_else(|| Status::invalid_argument("DoPut: the client sent no message"))?;
+    let name = match &first.flight_descriptor {
+        Some(d) if d.r#type == DescriptorType::Path as i32 && d.path.len() == 1 => {
+            d.path[0].clone()
+        }
+        _ => {
+            return Err(Status::invalid_argument(
+                "DoPut needs a PATH descriptor [NAME] naming the dataset to create",
+            ))
+        }
+    };
+    check_name(&name).map_err(dataset_status)?;
+    let uri = format!("upload:{name}");
+    let registry = &config.datasets.registry;
+    registry.check_free(&name, &uri).map_err(dataset_status)?;
+
+    let mut decoder = input_decoder(first, input);
+    let mut schema: Option<SchemaRef> = None;
+    let datasets = &config.datasets;
+    let mut store = Some(Upload::new(datasets.spill_dir.as_deref(), &name));
+    let mut bytes = 0usize;
+    while let Some(message) = decoder.next().await {
+        match message.map_err(input_status)?.payload {
+            DecodedPayload::None => {}
+            DecodedPayload::Schema(s) => {
+                pixelfeed_schema::image_column_index(&s)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                if schema.as_ref().is_some_and(|old| old != &s) {
+                    return Err(Status::invalid_argument(
+                        "the upload's schema changed midway",
+                    ));
+                }
+                schema = Some(s);
+            }
+            DecodedPayload::RecordBatch(batch) => {
+                if datasets.spill_dir.is_none() {
+                    bytes += batch_data_bytes(&batch);
+                    if bytes > datasets.upload_cap_bytes {
+                        tracing::info!(name = %name, cap = datasets.upload_cap_bytes, "upload over the in-memory cap");
+                        return Err(dataset_status(DatasetError::TooLarge {
+                            cap: datasets.upload_cap_bytes,
+                        }));
+                    }
+                }
+                let mut upload = store
+                    .take()
+                    .ok_or_else(|| Status::internal("upload lost"))?;
+                let upload = blocking(move || upload.push(batch).map(|()| upload)).await?;
+                store = Some(upload);
+            }
+        }
+    }
+    let schema = schema.ok_or_else(|| Status::invalid_argument("the upload carried no schema"))?;
+    let upload = store.ok_or_else(|| Status::internal("upload lost"))?;
+    let (dataset_name, dataset_uri) = (name.clone(), uri.clone());
+    let dataset = blocking(move || upload.finish(schema, &dataset_name, &dataset_uri)).await?;
+    let dataset = registry.insert(dataset).map_err(dataset_status)?;
+    tracing::info!(name = %name, rows = dataset.rows(), "dataset uploaded");
+    Ok(json!({"name": name, "rows": dataset.rows()}))
+}

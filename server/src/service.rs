@@ -1,0 +1,171 @@
+//! The `FlightService` implementation: routes each RPC to its module and
+//! answers the RPCs pixelfeed does not offer with `Unimplemented`.
+
+use std::sync::Arc;
+
+use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
+    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
+};
+use futures::stream::{self, BoxStream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::auth;
+use crate::config::ServiceConfig;
+use crate::rpc::actions::{self, ACTIONS};
+use crate::rpc::{exchange, get, info, put};
+use crate::stream::FlightDataStream;
+
+/// The pixelfeed Arrow Flight service: `DoExchange` turns batches of
+/// encoded images into tensor batches; `ListFlights` / `GetFlightInfo` /
+/// `DoGet` / `DoPut` serve server-side datasets as sharded tensor streams;
+/// `ListActions`/`DoAction` answer side questions (`presets`, `health`,
+/// `register_dataset`).
+///
+/// Cheap to clone (the configuration is shared).
+#[derive(Debug, Clone, Default)]
+pub struct PixelfeedService {
+    config: Arc<ServiceConfig>,
+}
+
+impl PixelfeedService {
+    /// A service processing requests as `config` says.
+    pub fn new(config: ServiceConfig) -> Self {
+        Self {
+            config: Arc::new(config),
+        }
+    }
+
+    /// The configuration the service runs with.
+    pub fn config(&self) -> &ServiceConfig {
+        &self.config
+    }
+}
+
+fn unsupported(rpc: &str) -> Status {
+    Status::unimplemented(format!(
+        "pixelfeed does not implement {rpc}; it offers DoExchange (images in, tensors out), \
+         ListFlights, GetFlightInfo, DoGet and DoPut (datasets), ListActions and DoAction"
+    ))
+}
+
+type RpcStream<T> = BoxStream<'static, Result<T, Status>>;
+
+#[tonic::async_trait]
+impl FlightService for PixelfeedService {
+    type HandshakeStream = RpcStream<HandshakeResponse>;
+    type ListFlightsStream = RpcStream<FlightInfo>;
+    type DoGetStream = FlightDataStream;
+    type DoPutStream = RpcStream<PutResult>;
+    type DoExchangeStream = FlightDataStream;
+    type DoActionStream = RpcStream<arrow_flight::Result>;
+    type ListActionsStream = RpcStream<ActionType>;
+
+    /// Basic credentials (password = the token) or a bearer token in,
+    /// `authorization: Bearer <token>` out in the response headers (see
+    /// [`crate::auth`]); no messages either way.
+    async fn handshake(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        let bearer = auth::handshake(self.config.auth_token.as_ref(), request.metadata())?;
+        let mut response = Response::new(stream::empty().boxed());
+        if let Some(bearer) = bearer {
+            response.metadata_mut().insert(auth::AUTHORIZATION, bearer);
+        }
+        Ok(response)
+    }
+
+    async fn list_flights(
+        &self,
+        _request: Request<Criteria>,
+    ) -> Result<Response<Self::ListFlightsStream>, Status> {
+        let infos = info::list(&self.config.datasets)?;
+        Ok(Response::new(
+            stream::iter(infos.into_iter().map(Ok)).boxed(),
+        ))
+    }
+
+    async fn get_flight_info(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let info = info::flight_info(&self.config.datasets, request.into_inner())?;
+        Ok(Response::new(info))
+    }
+
+    async fn poll_flight_info(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<PollInfo>, Status> {
+        Err(unsupported("PollFlightInfo"))
+    }
+
+    async fn get_schema(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<SchemaResult>, Status> {
+        Err(unsupported("GetSchema"))
+    }
+
+    async fn do_get(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<Response<Self::DoGetStream>, Status> {
+        let stream = get::do_get(&self.config, &request.into_inner().ticket)?;
+        Ok(Response::new(stream))
+    }
+
+    async fn do_put(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoPutStream>, Status> {
+        let answer = put::do_put(&self.config, request.into_inner()).await?;
+        let result = PutResult {
+            app_metadata: answer.to_string().into(),
+        };
+        Ok(Response::new(stream::once(async { Ok(result) }).boxed()))
+    }
+
+    async fn do_exchange(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        let stream = exchange::start(request.into_inner(), Arc::clone(&self.config)).await?;
+        Ok(Response::new(stream))
+    }
+
+    async fn do_action(
+        &self,
+        request: Request<Action>,
+    ) -> Result<Response<Self::DoActionStream>, Status> {
+        let action = request.into_inner();
+        // Some actions block (register_dataset lists or scans files), so
+        // every action runs on a blocking thread; the others are cheap.
+        let config = Arc::clone(&self.config);
+        let body = tokio::task::spawn_blocking(move || {
+            actions::run(&config, &action.r#type, &action.body)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the action failed: {e}")))??;
+        let result = arrow_flight::Result { body };
+        Ok(Response::new(stream::once(async { Ok(result) }).boxed()))
+    }
+
+    async fn list_actions(
+        &self,
+        _request: Request<Empty>,
+    ) -> Result<Response<Self::ListActionsStream>, Status> {
+        let types: Vec<_> = ACTIONS
+            .iter()
+            .map(|a| {
+                Ok(ActionType {
+                    r#type: a.name.to_string(),
+                    description: a.description.to_string(),
+                })
+            })
+            .collect();
+        Ok(Response::new(stream::iter(types).boxed()))
+    }
+}

@@ -1,0 +1,26 @@
+//! Reading output batches in assertions.
+
+use arrow_array::{Array, RecordBatch, StringArray};
+
+/// `batches` as one batch (they share a schema; at least one).
+pub fn concat(batches: &[RecordBatch]) -> RecordBatch {
+    arrow_select::concat::concat_batches(&batches[0].schema(), batches).unwrap()
+}
+
+/// The utf8 column `col` as strings.
+pub fn strings(batch: &RecordBatch, col: &str) -> Vec<Option<String>> {
+    let a = batch.column_by_name(col).unwrap();
+    let a = a.as_any().downcast_ref::<StringArray>().unwrap();
+    a.iter().map(|s| s.map(str::to_string)).collect()
+}
+
+/// The engine output columns of `got` equal the reference's.
+pub fn assert_same_output(got: &RecordBatch, reference: &RecordBatch) {
+    for col in ["tensor", "error", "height", "width"] {
+        assert_eq!(
+            got.column_by_name(col).unwrap().as_ref(),
+            reference.column_by_name(col).unwrap().as_ref(),
+            "column {col}"
+        );
+    }
+}
