@@ -20,20 +20,15 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from typing import Any, Deque, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import pyarrow as pa
 import pyarrow.flight as flight
 
+from ._contract import DEFAULT_PRESET, IMAGE_COLUMN, SpecLike, encode_spec
+
 __all__ = ["Client", "connect", "SpecLike", "ImagesLike", "encode_spec", "DEFAULT_PRESET"]
 
-#: The preset used when no spec is given.
-DEFAULT_PRESET = "imagenet"
-
-#: Name of the input column holding encoded image bytes.
-IMAGE_COLUMN = "image"
-
-SpecLike = Union[None, str, bytes, Mapping[str, Any]]
 ImagesLike = Union[
     "pa.Table",
     "pa.RecordBatch",
@@ -49,33 +44,6 @@ _BYTES_LIKE = (bytes, bytearray, memoryview)
 #: on our own reads; see ``Client._exchange``.
 _BATCHES_IN_FLIGHT = 2
 _BINARY_LIMIT = (1 << 31) - 1  # total bytes one `binary` array can address
-
-
-def encode_spec(spec: SpecLike = None) -> bytes:
-    """Turn a spec argument into the JSON bytes sent as the descriptor command.
-
-    - ``None`` → ``{"preset": "imagenet"}``;
-    - a ``str``: a preset name (``"imagenet"``), or a JSON object in text form;
-    - a mapping: serialised as JSON (``None`` values become ``null``, which
-      is how a preset field is removed, e.g. ``{"normalize": None}``);
-    - ``bytes``: sent unchanged.
-
-    Validation is the server's job: a bad spec makes :meth:`Client.preprocess`
-    raise ``pyarrow.ArrowInvalid`` / ``FlightServerError`` naming the field.
-    """
-    if spec is None:
-        return json.dumps({"preset": DEFAULT_PRESET}).encode()
-    if isinstance(spec, bytes):
-        return spec
-    if isinstance(spec, str):
-        text = spec.strip()
-        if text.startswith("{"):
-            json.loads(text)  # fail early on malformed JSON text
-            return text.encode()
-        return json.dumps({"preset": spec}).encode()
-    if isinstance(spec, Mapping):
-        return json.dumps(dict(spec)).encode()
-    raise TypeError(f"spec must be None, a preset name, a dict or JSON bytes, got {type(spec).__name__}")
 
 
 def _normalize_location(location: Union[str, flight.Location]) -> Union[str, flight.Location]:
@@ -132,12 +100,12 @@ def _resliced(batches: Iterable[pa.RecordBatch], batch_size: int) -> Iterator[pa
 def _check_input_schema(schema: pa.Schema) -> None:
     """Fail early, client-side, on inputs the server would reject anyway."""
     if IMAGE_COLUMN not in schema.names:
-        raise ValueError(f"input has no column named 'image' (columns: {', '.join(schema.names)})")
+        raise ValueError(f"input has no column named '{IMAGE_COLUMN}' (columns: {', '.join(schema.names)})")
     typ = schema.field(IMAGE_COLUMN).type
     ok = pa.types.is_binary(typ) or pa.types.is_large_binary(typ)
     ok = ok or (hasattr(pa.types, "is_binary_view") and pa.types.is_binary_view(typ))
     if not ok:
-        raise TypeError(f"column 'image' must be binary, large_binary or binary_view, got {typ}")
+        raise TypeError(f"column '{IMAGE_COLUMN}' must be binary, large_binary or binary_view, got {typ}")
 
 
 def _input_stream(images: ImagesLike, batch_size: int) -> Tuple[pa.Schema, Iterator[pa.RecordBatch]]:
@@ -179,7 +147,7 @@ def _input_stream(images: ImagesLike, batch_size: int) -> Tuple[pa.Schema, Itera
 
         return pa.schema([pa.field(IMAGE_COLUMN, pa.binary())]), _bytes_batches(items(), batch_size)
     raise TypeError(
-        "images must be a list of bytes, a pyarrow Table/RecordBatch with an 'image' "
+        f"images must be a list of bytes, a pyarrow Table/RecordBatch with an '{IMAGE_COLUMN}' "
         f"column, or an iterable of RecordBatches; got items of type {type(first).__name__}"
     )
 

@@ -29,17 +29,18 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence
 import pyarrow as pa
 import pyarrow.flight as flight
 
+from . import _contract
+from ._contract import SpecLike
+
 if TYPE_CHECKING:  # pragma: no cover
-    from .client import Client, SpecLike
+    from .client import Client
 
 __all__ = ["Dataset", "read", "read_all", "assign_shards", "info_command"]
 
 
 def info_command(name: str, spec: "SpecLike", shards: int) -> bytes:
-    """The ``GetFlightInfo`` CMD descriptor bytes for a sharded read."""
-    from .client import encode_spec
-
-    return json.dumps({"dataset": name, "spec": json.loads(encode_spec(spec)), "shards": int(shards)}).encode()
+    """The ``GetFlightInfo`` CMD descriptor bytes for a sharded read (see :func:`pixelfeed._contract.info_command`)."""
+    return _contract.info_command(name, spec, shards)
 
 
 class Dataset:

@@ -59,7 +59,6 @@ column holding nulls into one ndarray, and Ray refuses to turn the string
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import threading
@@ -72,8 +71,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.flight as flight
 
-from .arrays import ERROR_COLUMN, GEOMETRY_COLUMN, WARNING_COLUMN
-from .client import IMAGE_COLUMN, Client, SpecLike, connect, encode_spec
+from ._contract import (
+    ERROR_COLUMN,
+    GEOMETRY_COLUMN,
+    IMAGE_COLUMN,
+    WARNING_COLUMN,
+    SpecLike,
+    encode_spec,
+    info_command,
+)
+from .client import Client, connect
 
 try:
     import ray
@@ -462,14 +469,6 @@ def errors_only(ds: "ray.data.Dataset") -> "ray.data.Dataset":
 # -- read_pixelfeed: a datasource over GetFlightInfo endpoints ---------------------------------
 
 
-def _dataset_command(dataset: str, spec: SpecLike, shards: int) -> bytes:
-    """The CMD descriptor of the dataset contract: ``{"dataset", "spec", "shards"}``."""
-    spec_value: Any = json.loads(encode_spec(spec))
-    if isinstance(spec_value, dict) and set(spec_value) == {"preset"}:
-        spec_value = spec_value["preset"]  # the contract takes a bare preset name too
-    return json.dumps({"dataset": dataset, "spec": spec_value, "shards": shards}).encode()
-
-
 def _read_endpoint(
     ticket: bytes, locations: List[str], timeout: Optional[float], connect_kwargs: Dict[str, Any]
 ) -> Iterator[pa.Table]:
@@ -519,7 +518,7 @@ class PixelfeedDatasource(Datasource):
         if self._info is None:
             client = flight.FlightClient(self.location, **self.connect_kwargs)
             try:
-                descriptor = flight.FlightDescriptor.for_command(_dataset_command(self.dataset, self.spec, shards))
+                descriptor = flight.FlightDescriptor.for_command(info_command(self.dataset, self.spec, shards))
                 options = flight.FlightCallOptions(timeout=self.timeout) if self.timeout else flight.FlightCallOptions()
                 self._info = client.get_flight_info(descriptor, options)
             finally:
