@@ -353,3 +353,20 @@ def test_read_pixelfeed_against_real_server(servers, local_ray, direct):
         _assert_same(_by_name(out), direct)
     finally:
         server.stop()
+
+
+def test_read_pixelfeed_sends_the_token(local_ray, direct, tmp_path):
+    """Against a server that requires a token, both GetFlightInfo and each
+    read task's DoGet carry ``connect_kwargs={"token": ...}``."""
+    token = "ray-read-token"
+    (tmp_path / "token").write_text(token)
+    server = _start_server("--auth-token-file", str(tmp_path / "token"), "--dataset", f"images={DATA}")
+    try:
+        out = _collect(pfray.read_pixelfeed(server.location, "images", SPEC, shards=3,
+                                            connect_kwargs={"token": token}))
+        assert out.num_rows == len(_files())
+        _assert_same(_by_name(out), direct)
+        with pytest.raises(flight.FlightUnauthenticatedError):
+            pfray.PixelfeedDatasource(server.location, "images", SPEC, 3).flight_info(3)
+    finally:
+        server.stop()

@@ -31,10 +31,10 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from . import _contract
-from ._connection import Connection
+from ._connection import TRANSIENT_ERRORS, Connection
 from ._contract import SpecLike
 
-__all__ = ["Dataset", "read", "read_all", "assign_shards", "info_command"]
+__all__ = ["Dataset", "read", "read_table", "read_all", "assign_shards", "info_command"]
 
 #: What the functions here read through: a :class:`pixelfeed.Client` (its
 #: open Flight client is reused for its own location) or a bare
@@ -137,6 +137,26 @@ def read(
         except flight.FlightUnavailableError as exc:
             last = exc
             continue
+    raise last if last is not None else RuntimeError("endpoint has no usable location")
+
+
+def read_table(client: Source, endpoint: flight.FlightEndpoint, *, timeout: Optional[float] = None) -> pa.Table:
+    """Read one shard whole, as one table: all of its rows or an exception.
+
+    Locations are tried as in :func:`read`, with ``client``'s token and TLS
+    settings. As nothing is handed out before the shard is complete, a
+    location that fails at any point with a transport error (unavailable,
+    timed out, cancelled) moves on to the next, which starts the shard over.
+    """
+    options = _parts(client)[0].options(timeout)
+    locations: List[Optional[str]] = list(_locations(endpoint)) or [None]
+    last: Optional[BaseException] = None
+    for loc in locations:
+        try:
+            with _flight_client(client, loc) as conn:
+                return conn.do_get(endpoint.ticket, options).read_all()
+        except TRANSIENT_ERRORS as exc:
+            last = exc
     raise last if last is not None else RuntimeError("endpoint has no usable location")
 
 

@@ -108,7 +108,7 @@ class Preprocessor:
         holding encoded bytes (``"bytes"`` for ``read_binary_files``).
         ``batch_size``: rows per Flight message. ``timeout``: per-batch
         deadline in seconds. ``connect_kwargs``: passed to
-        :func:`pixelfeed.connect` (TLS roots, headers, ...).
+        :func:`pixelfeed.connect` (``token``, ``ca_file``, client certificate, ...).
         """
         self.command = encode_spec(spec)
         self.image_column = image_column
