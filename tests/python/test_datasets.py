@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.flight as flight
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
@@ -25,7 +26,7 @@ from conftest import server_binary
 from pfhelpers import DATA_IMAGES
 
 import pixelfeed
-from pixelfeed.datasets import assign_shards
+from pixelfeed.datasets import assign_shards, read_table
 
 SPEC = {"preset": "imagenet", "resize": {"mode": "shorter_side", "size": 40},
         "crop": {"mode": "center", "height": 32, "width": 32}}
@@ -65,6 +66,22 @@ def test_parquet_dataset_sharded_read_equals_streaming(client, tmp_path: Path):
     # One shard read alone holds its contiguous slice.
     first = pa.Table.from_batches(list(client.read(endpoints[0])))
     assert first.column("name").to_pylist() == [n for n, _ in images][: first.num_rows]
+
+
+def test_an_endpoint_without_locations_is_read_from_the_server_asked(client, tmp_path: Path):
+    """The Flight convention: no location means the server that answered GetFlightInfo."""
+    images = _images()
+    path = tmp_path / "imgs.parquet"
+    pq.write_table(pa.table({"image": pa.array([b for _, b in images], pa.binary())}), path)
+    name = f"noloc-{uuid.uuid4().hex[:8]}"
+    client.register_dataset(name, f"parquet:{path}")
+    endpoints = client.dataset(name, SPEC).shards(2)
+    bare = [flight.FlightEndpoint(ep.ticket, []) for ep in endpoints]
+    got = client.read_all(bare)
+    np.testing.assert_array_equal(_tensor(got), _streamed(client, images))
+    # A bare Connection (no open client) reads it from its own location too.
+    np.testing.assert_array_equal(_tensor(read_table(client.connection, bare[1])),
+                                  _tensor(pa.Table.from_batches(list(client.read(endpoints[1])))))
 
 
 def test_webdataset_tar_built_with_tarfile(client, tmp_path: Path):
