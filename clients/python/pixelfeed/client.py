@@ -289,12 +289,13 @@ class Client:
         Yields
         ------
         pyarrow.RecordBatch
-            Output batches: passthrough columns, ``tensor``, ``error``,
-            ``height``, ``width``; rows in input order. Row counts of input and
-            output batches need not match one to one, but add up to the same
-            total (checked at the end of the stream). Use
-            :func:`pixelfeed.tensors`, :func:`pixelfeed.valid` and
-            :func:`pixelfeed.errors` to read them.
+            Output batches: passthrough columns, then ``tensor``, ``error``,
+            ``height``, ``width``, ``warning``, ``geometry``; rows in input
+            order. Row counts of input and output batches need not match one
+            to one, but add up to the same total (checked at the end of the
+            stream). Use :func:`pixelfeed.tensors`, :func:`pixelfeed.valid`,
+            :func:`pixelfeed.errors`, :func:`pixelfeed.warnings` and
+            :func:`pixelfeed.geometry` to read them.
 
         Raises
         ------
