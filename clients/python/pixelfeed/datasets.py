@@ -128,15 +128,17 @@ def read(
     locations: List[Optional[str]] = list(_locations(endpoint)) or [None]
     last: Optional[BaseException] = None
     for loc in locations:
+        started = False
         try:
             with _flight_client(client, loc) as conn:
-                reader = conn.do_get(endpoint.ticket, options)
-                for chunk in reader:
+                for chunk in conn.do_get(endpoint.ticket, options):
+                    started = True
                     yield chunk.data
                 return
         except flight.FlightUnavailableError as exc:
+            if started:
+                raise  # rows were handed out: another location would repeat them
             last = exc
-            continue
     raise last if last is not None else RuntimeError("endpoint has no usable location")
 
 
