@@ -25,9 +25,6 @@ from .locations import choose_locations, expand_locations, parse_locations
 
 __all__ = ["Preprocessor", "preprocess"]
 
-#: Errors after which the same batch goes to the next server.
-_TRANSIENT = TRANSIENT_ERRORS
-
 
 # -- round-robin index -------------------------------------------------------------------
 
@@ -192,7 +189,7 @@ class Preprocessor:
                 if not batches:
                     raise ValueError("no output: the batch had no rows")
                 return pa.Table.from_batches(batches)
-            except _TRANSIENT as e:
+            except TRANSIENT_ERRORS as e:  # the server, not the batch: try the next one
                 last = e
         assert last is not None
         raise last
