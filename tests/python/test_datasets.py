@@ -13,10 +13,12 @@ import subprocess
 import tarfile
 import uuid
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.flight as flight
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
@@ -25,7 +27,8 @@ from conftest import server_binary
 from pfhelpers import DATA_IMAGES
 
 import pixelfeed
-from pixelfeed.datasets import assign_shards
+from pixelfeed._connection import Connection
+from pixelfeed.datasets import assign_shards, read, read_table
 
 SPEC = {"preset": "imagenet", "resize": {"mode": "shorter_side", "size": 40},
         "crop": {"mode": "center", "height": 32, "width": 32}}
@@ -65,6 +68,22 @@ def test_parquet_dataset_sharded_read_equals_streaming(client, tmp_path: Path):
     # One shard read alone holds its contiguous slice.
     first = pa.Table.from_batches(list(client.read(endpoints[0])))
     assert first.column("name").to_pylist() == [n for n, _ in images][: first.num_rows]
+
+
+def test_an_endpoint_without_locations_is_read_from_the_server_asked(client, tmp_path: Path):
+    """The Flight convention: no location means the server that answered GetFlightInfo."""
+    images = _images()
+    path = tmp_path / "imgs.parquet"
+    pq.write_table(pa.table({"image": pa.array([b for _, b in images], pa.binary())}), path)
+    name = f"noloc-{uuid.uuid4().hex[:8]}"
+    client.register_dataset(name, f"parquet:{path}")
+    endpoints = client.dataset(name, SPEC).shards(2)
+    bare = [flight.FlightEndpoint(ep.ticket, []) for ep in endpoints]
+    got = client.read_all(bare)
+    np.testing.assert_array_equal(_tensor(got), _streamed(client, images))
+    # A bare Connection (no open client) reads it from its own location too.
+    np.testing.assert_array_equal(_tensor(read_table(client.connection, bare[1])),
+                                  _tensor(pa.Table.from_batches(list(client.read(endpoints[1])))))
 
 
 def test_webdataset_tar_built_with_tarfile(client, tmp_path: Path):
@@ -175,3 +194,61 @@ def test_random_draws_follow_the_dataset_row_not_the_shard(client, tmp_path: Pat
     assert run.returncode == 0, run.stderr
     table = pa.concat_tables([pq.read_table(f) for f in sorted(dest.glob("part-*.parquet"))])
     np.testing.assert_array_equal(_tensor(table), streamed)
+
+
+class _ShardServer(flight.FlightServerBase):
+    """Serves any ticket as ``rows`` one-row batches of ``id``; fails after ``fail_after`` of them."""
+
+    def __init__(self, rows: int, fail_after: Optional[int] = None) -> None:
+        super().__init__("grpc://127.0.0.1:0")
+        self.uri = f"grpc://127.0.0.1:{self.port}"
+        self.rows, self.fail_after, self.calls = rows, fail_after, 0
+
+    def do_get(self, context, ticket):
+        self.calls += 1
+        schema = pa.schema([("id", pa.int64())])
+
+        def batches():
+            for i in range(self.rows):
+                if i == self.fail_after:
+                    raise flight.FlightUnavailableError("went away mid-shard")
+                yield pa.record_batch([pa.array([i], pa.int64())], schema=schema)
+
+        return flight.GeneratorStream(schema, batches())
+
+
+def test_a_shard_streamed_in_part_is_not_read_again_elsewhere():
+    """``read`` moves to the next location only before the first batch: after
+    it, the rows already handed out would come again from the alternative."""
+    broken, spare = _ShardServer(4, fail_after=2), _ShardServer(4)
+    try:
+        conn = Connection(broken.uri, timeout=30)
+        endpoint = flight.FlightEndpoint(b"shard", [broken.uri, spare.uri])
+        seen, error = [], None
+        try:
+            for batch in read(conn, endpoint):
+                seen += batch.column("id").to_pylist()
+        except flight.FlightUnavailableError as e:
+            error = e
+        assert seen == [0, 1], "rows handed out twice"
+        assert "mid-shard" in str(error)
+        assert spare.calls == 0
+        # Unreachable before any row: the alternative serves the whole shard.
+        down = flight.FlightEndpoint(b"shard", [_dead_location(), spare.uri])
+        assert [i for b in read(conn, down) for i in b.column("id").to_pylist()] == [0, 1, 2, 3]
+        # read_table hands nothing out before the end, so it may start over elsewhere.
+        assert read_table(conn, endpoint).column("id").to_pylist() == [0, 1, 2, 3]
+    finally:
+        broken.shutdown()
+        spare.shutdown()
+
+
+def _dead_location() -> str:
+    """A loopback port nothing listens on."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return f"grpc://127.0.0.1:{port}"

@@ -8,10 +8,8 @@
 - fail-over: a dead first server costs nothing but a retry;
 - ``drop_errors`` then numpy / torch batches: Ray keeps the
   ``arrow.fixed_shape_tensor`` column as its tensor type;
-- ``read_pixelfeed`` against a Flight server that implements the dataset
-  contract of issue #6 in Python (so the datasource is exercised today), and
-  against the real server once it has ``--dataset`` and ``GetFlightInfo``
-  (skipped, with the reason, until then).
+- ``read_pixelfeed`` against real servers holding the images as a dataset:
+  shards spread over a server and its peer, every file once; with a token.
 
 Skipped as a whole, visibly, when Ray is not installed
 (``pip install -e 'clients/python[ray]'``).
@@ -19,9 +17,7 @@ Skipped as a whole, visibly, when Ray is not installed
 
 from __future__ import annotations
 
-import json
 import socket
-import subprocess
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -31,7 +27,7 @@ import pyarrow.flight as flight
 import pytest
 
 import pixelfeed
-from conftest import ServerHandle, _start_server, server_binary
+from conftest import ServerHandle, _start_server
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e 'clients/python[ray]'")
 pfray = pytest.importorskip("pixelfeed.ray")
@@ -273,83 +269,37 @@ def test_iter_torch_batches_yields_tensors(servers, local_ray):
 # -- read_pixelfeed ------------------------------------------------------------------------------
 
 
-class _DatasetContractServer(flight.FlightServerBase):
-    """Issue #6's dataset contract, in Python, over the real engine.
-
-    ``GetFlightInfo(CMD {"dataset", "spec", "shards"})`` cuts the file list of
-    the one dataset (``images`` = tests/data/images) into K contiguous shards;
-    ``DoGet`` of a shard ticket sends that shard's files through the real
-    pixelfeed server (DoExchange) and streams the result with a ``path``
-    column. Even shards name this server as their location, odd ones none
-    (meaning: ask the server that answered GetFlightInfo).
-    """
-
-    def __init__(self, backend: str) -> None:
-        """Listen on a free loopback port; ``backend`` is a real pixelfeed server."""
-        super().__init__("grpc://127.0.0.1:0")
-        self.backend = backend
-        self.uri = f"grpc://127.0.0.1:{self.port}"
-        self.commands: List[dict] = []
-
-    def _shard(self, spec, lo: int, hi: int) -> pa.Table:
-        """Rows lo..hi of the dataset, preprocessed by the real server."""
-        files = _files()[lo:hi]
-        table = pa.table({"path": [str(f) for f in files], "image": [f.read_bytes() for f in files]})
-        with pixelfeed.connect(self.backend, timeout=60) as c:
-            return c.preprocess_table(table, spec)
-
-    def get_flight_info(self, context, descriptor):
-        """K endpoints covering every row once."""
-        cmd = json.loads(descriptor.command)
-        self.commands.append(cmd)
-        if cmd.get("dataset") != "images":
-            raise flight.FlightServerError(f"unknown dataset {cmd.get('dataset')!r}")
-        n, k = len(_files()), int(cmd["shards"])
-        bounds = [(i * n // k, (i + 1) * n // k) for i in range(k)]
-        schema = self._shard(cmd["spec"], 0, 1).schema
-        endpoints = []
-        for i, (lo, hi) in enumerate(bounds):
-            ticket = json.dumps({"spec": cmd["spec"], "lo": lo, "hi": hi}).encode()
-            endpoints.append(flight.FlightEndpoint(ticket, [self.uri] if i % 2 == 0 else []))
-        return flight.FlightInfo(schema, descriptor, endpoints, n, -1)
-
-    def do_get(self, context, ticket):
-        """Stream one shard."""
-        t = json.loads(ticket.ticket)
-        return flight.RecordBatchStream(self._shard(t["spec"], t["lo"], t["hi"]))
-
-
-def test_read_pixelfeed_against_contract_server(servers, local_ray, direct):
-    """K endpoints → K read tasks; the union is every file once, equal to the direct client."""
-    contract = _DatasetContractServer(servers[0].location)
+def test_read_pixelfeed_reads_each_shard_from_its_server(local_ray, direct):
+    """K endpoints spread over a server and its peer become K read tasks; the
+    union is every file once, equal to the direct client."""
+    peer = _start_server("--dataset", f"images={DATA}")
+    first = None
     try:
-        ds = pfray.read_pixelfeed(contract.uri, "images", SPEC, shards=3)
-        out = _collect(ds)
-        assert contract.commands == [{"dataset": "images", "spec": SPEC, "shards": 3}]
+        first = _start_server("--dataset", f"images={DATA}", "--peer", peer.location)
+        source = pfray.PixelfeedDatasource(first.location, "images", SPEC, 3)
+        assigned = [ep.locations[0].uri.decode() for ep in source.flight_info(3).endpoints]
+        assert assigned == [first.location, peer.location, first.location]
+        out = _collect(pfray.read_pixelfeed(first.location, "images", SPEC, shards=3))
         assert out.num_rows == len(_files())
         _assert_same(_by_name(out), direct)
     finally:
-        contract.shutdown()
+        if first is not None:
+            first.stop()
+        peer.stop()
 
 
-def test_read_pixelfeed_against_real_server(servers, local_ray, direct):
-    """The same read against the real server's datasets (issue #6); skips until it has them."""
-    probe = pfray.PixelfeedDatasource(servers[0].location, "no-such-dataset", SPEC, 3)
+def test_read_pixelfeed_sends_the_token(local_ray, direct, tmp_path):
+    """Against a server that requires a token, both GetFlightInfo and each
+    read task's DoGet carry ``connect_kwargs={"token": ...}``."""
+    token = "ray-read-token"
+    (tmp_path / "token").write_text(token)
+    server = _start_server("--auth-token-file", str(tmp_path / "token"), "--dataset", f"images={DATA}")
     try:
-        probe.flight_info(3)
-    except pa.ArrowNotImplementedError as e:
-        pytest.skip(f"server answers GetFlightInfo with UNIMPLEMENTED (issue #6 not merged): {e}")
-    except (flight.FlightError, pa.ArrowException):
-        pass  # implemented; an unknown dataset is rightly refused
-    help_text = subprocess.run(
-        [str(server_binary()), "serve", "--help"], capture_output=True, text=True, timeout=60
-    ).stdout
-    if "--dataset" not in help_text:
-        pytest.skip("server implements GetFlightInfo but has no `serve --dataset NAME=DIR` to register the images")
-    server = _start_server("--dataset", f"images={DATA}")
-    try:
-        out = _collect(pfray.read_pixelfeed(server.location, "images", SPEC, shards=3))
+        out = _collect(pfray.read_pixelfeed(server.location, "images", SPEC, shards=3,
+                                            connect_kwargs={"token": token}))
         assert out.num_rows == len(_files())
         _assert_same(_by_name(out), direct)
+        with pytest.raises(flight.FlightUnauthenticatedError):
+            pfray.PixelfeedDatasource(server.location, "images", SPEC, 3).flight_info(3)
     finally:
         server.stop()

@@ -16,14 +16,14 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import pyarrow.flight as flight
 import pytest
 
 import pixelfeed
 from conftest import _start_server
-from pfhelpers import bundled_images
+from pfhelpers import DATA_IMAGES, bundled_images
 
 TOKEN = "t0ken-for-tests"
 SMALL = {"resize": {"mode": "exact", "height": 16, "width": 16}, "dtype": "uint8", "layout": "hwc"}
@@ -57,6 +57,16 @@ def test_token_is_required_on_every_call(token_server):
         assert "imagenet" in c.presets()
 
 
+def test_connection_repr_shows_no_secret(certs):
+    with pixelfeed.connect("grpc+tls://localhost:1", token=TOKEN, ca_file=str(certs / "ca.pem"),
+                           private_key=(certs / "client.key").read_bytes()) as client:
+        conn = client.connection
+    shown = repr(conn)
+    assert "token=..." in shown and "private_key=..." in shown
+    assert TOKEN not in shown and "PRIVATE KEY" not in shown
+    assert conn.options().headers == [(b"authorization", b"Bearer " + TOKEN.encode())]
+
+
 def test_pyarrow_basic_handshake_yields_the_bearer_header(token_server):
     raw = flight.connect(token_server.location)
     header = raw.authenticate_basic_token("anyone", TOKEN)
@@ -86,13 +96,14 @@ def _make_ca(dir: Path, name: str) -> None:
     )
 
 
-def _issue(dir: Path, ca: str, name: str, dns: str) -> None:
-    """``name``.pem / ``name``.key: a leaf for DNS name ``dns`` signed by ``ca``."""
+def _issue(dir: Path, ca: str, name: str, dns: str, ip: Optional[str] = None) -> None:
+    """``name``.pem / ``name``.key: a leaf for DNS name ``dns`` (and address ``ip``) signed by ``ca``."""
     _openssl(
         "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
         "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={dns}", cwd=dir,
     )
-    (dir / f"{name}.ext").write_text(f"subjectAltName=DNS:{dns}\nbasicConstraints=CA:FALSE\n")
+    names = f"DNS:{dns}" + (f",IP:{ip}" if ip else "")
+    (dir / f"{name}.ext").write_text(f"subjectAltName={names}\nbasicConstraints=CA:FALSE\n")
     _openssl(
         "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
         "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext",
@@ -102,12 +113,14 @@ def _issue(dir: Path, ca: str, name: str, dns: str) -> None:
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory) -> Path:
-    """A server CA with a ``localhost`` certificate, and a client CA with one client certificate."""
+    """A server CA with a ``localhost`` certificate (and one also valid for 127.0.0.1),
+    and a client CA with one client certificate."""
     if shutil.which("openssl") is None:
         pytest.skip("the openssl CLI is not installed: cannot make test certificates")
     d = tmp_path_factory.mktemp("certs")
     _make_ca(d, "ca")
     _issue(d, "ca", "server", "localhost")
+    _issue(d, "ca", "server-ip", "localhost", ip="127.0.0.1")
     _make_ca(d, "client-ca")
     _issue(d, "client-ca", "client", "trainer")
     return d
@@ -152,6 +165,41 @@ def test_mutual_tls_needs_a_client_certificate(certs):
         assert not _works(location, ca_file=ca), "no client certificate"
     finally:
         assert handle.stop() == 0
+
+
+def test_shards_on_a_peer_are_read_with_the_same_tls_identity_and_token(certs, tmp_path):
+    """A shard endpoint naming a peer is read from the peer with the client's
+    CA, client certificate and token: here the server that answered
+    GetFlightInfo is gone, so every shard must come from its peer."""
+    (tmp_path / "token").write_text(TOKEN)
+    args = (
+        "--tls-cert", str(certs / "server-ip.pem"), "--tls-key", str(certs / "server-ip.key"),
+        "--tls-client-ca", str(certs / "client-ca.pem"), "--auth-token-file", str(tmp_path / "token"),
+        "--dataset", f"images=dir:{DATA_IMAGES}",
+    )
+    peer = _start_server(*args)
+    first = None
+    try:
+        peer_url = "grpc+tls://" + peer.location.split("://", 1)[1]
+        first = _start_server(*args, "--peer", peer_url)
+        client = pixelfeed.connect(
+            "grpc+tls://" + first.location.split("://", 1)[1], timeout=30, token=TOKEN,
+            ca_file=str(certs / "ca.pem"), cert_chain=(certs / "client.pem").read_bytes(),
+            private_key=(certs / "client.key").read_bytes(),
+        )
+        with client:
+            endpoints = client.dataset("images", SMALL).shards(2)
+            for ep in endpoints:
+                assert peer_url in [loc.uri.decode() for loc in ep.locations]
+            both_up = client.read_all(endpoints)
+            assert first.stop() == 0
+            peer_only = client.read_all(endpoints)
+        assert peer_only.num_rows == both_up.num_rows == len(list(DATA_IMAGES.iterdir()))
+        assert peer_only.equals(both_up)
+    finally:
+        if first is not None:
+            first.stop()
+        assert peer.stop() == 0
 
 
 def test_sigterm_lets_in_flight_calls_finish_then_exits_0():

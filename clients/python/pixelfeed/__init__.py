@@ -35,7 +35,18 @@ from .arrays import (
 )
 from .client import DEFAULT_PRESET, Client, connect, encode_spec
 
-__version__ = "0.1.0"
+
+def _version() -> str:
+    """The installed distribution's version; a source tree that was never installed has none."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pixelfeed")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+__version__ = _version()
 
 __all__ = [
     "Client",

@@ -26,29 +26,14 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 import pyarrow as pa
 
-__all__ = [
-    "tensors",
-    "tensors_bf16",
-    "tensor_dtype",
-    "errors",
-    "warnings",
-    "valid",
-    "heights",
-    "widths",
-    "geometry",
-    "batch_spec",
-    "tensor_shape",
-]
+from . import _contract
+from ._contract import ERROR_COLUMN, GEOMETRY_COLUMN, HEIGHT_COLUMN, TENSOR_COLUMN, WARNING_COLUMN, WIDTH_COLUMN
 
-TENSOR_COLUMN = "tensor"
-ERROR_COLUMN = "error"
-HEIGHT_COLUMN = "height"
-WIDTH_COLUMN = "width"
-WARNING_COLUMN = "warning"
-GEOMETRY_COLUMN = "geometry"
-SPEC_METADATA_KEY = b"pixelfeed.spec"
-DTYPE_METADATA_KEY = b"pixelfeed.dtype"
-EXTENSION_NAME = "arrow.fixed_shape_tensor"
+# The metadata keys as pyarrow hands them out (bytes).
+SPEC_METADATA_KEY = _contract.SPEC_METADATA_KEY.encode()
+DTYPE_METADATA_KEY = _contract.DTYPE_METADATA_KEY.encode()
+_EXTENSION_METADATA_KEY = _contract.EXTENSION_METADATA_KEY.encode()
+EXTENSION_NAME = _contract.TENSOR_EXTENSION
 
 BatchLike = Union[pa.RecordBatch, pa.Table]
 ColumnLike = Union[pa.Array, pa.ChunkedArray]
@@ -113,7 +98,7 @@ def tensor_shape(data: Union[BatchLike, ColumnLike, pa.Schema]) -> Tuple[int, ..
         if isinstance(typ, pa.FixedShapeTensorType):
             return tuple(int(d) for d in typ.shape)
         md = data.field(TENSOR_COLUMN).metadata or {}
-        raw = md.get(b"ARROW:extension:metadata")
+        raw = md.get(_EXTENSION_METADATA_KEY)
         if raw:
             return tuple(int(d) for d in json.loads(raw)["shape"])
         return (typ.list_size,)
@@ -277,6 +262,6 @@ def batch_spec(data: Union[BatchLike, pa.Schema]) -> Dict[str, Any]:
     md = schema.metadata or {}
     raw = md.get(SPEC_METADATA_KEY)
     if raw is None:
-        raise KeyError("schema has no pixelfeed.spec metadata; is this a pixelfeed output batch?")
+        raise KeyError(f"schema has no {_contract.SPEC_METADATA_KEY} metadata; is this a pixelfeed output batch?")
     return json.loads(raw)
 

@@ -20,20 +20,17 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from typing import Any, Deque, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import pyarrow as pa
 import pyarrow.flight as flight
 
+from . import datasets
+from ._connection import Connection
+from ._contract import DEFAULT_PRESET, IMAGE_COLUMN, SpecLike, encode_spec
+
 __all__ = ["Client", "connect", "SpecLike", "ImagesLike", "encode_spec", "DEFAULT_PRESET"]
 
-#: The preset used when no spec is given.
-DEFAULT_PRESET = "imagenet"
-
-#: Name of the input column holding encoded image bytes.
-IMAGE_COLUMN = "image"
-
-SpecLike = Union[None, str, bytes, Mapping[str, Any]]
 ImagesLike = Union[
     "pa.Table",
     "pa.RecordBatch",
@@ -49,40 +46,6 @@ _BYTES_LIKE = (bytes, bytearray, memoryview)
 #: on our own reads; see ``Client._exchange``.
 _BATCHES_IN_FLIGHT = 2
 _BINARY_LIMIT = (1 << 31) - 1  # total bytes one `binary` array can address
-
-
-def encode_spec(spec: SpecLike = None) -> bytes:
-    """Turn a spec argument into the JSON bytes sent as the descriptor command.
-
-    - ``None`` → ``{"preset": "imagenet"}``;
-    - a ``str``: a preset name (``"imagenet"``), or a JSON object in text form;
-    - a mapping: serialised as JSON (``None`` values become ``null``, which
-      is how a preset field is removed, e.g. ``{"normalize": None}``);
-    - ``bytes``: sent unchanged.
-
-    Validation is the server's job: a bad spec makes :meth:`Client.preprocess`
-    raise ``pyarrow.ArrowInvalid`` / ``FlightServerError`` naming the field.
-    """
-    if spec is None:
-        return json.dumps({"preset": DEFAULT_PRESET}).encode()
-    if isinstance(spec, bytes):
-        return spec
-    if isinstance(spec, str):
-        text = spec.strip()
-        if text.startswith("{"):
-            json.loads(text)  # fail early on malformed JSON text
-            return text.encode()
-        return json.dumps({"preset": spec}).encode()
-    if isinstance(spec, Mapping):
-        return json.dumps(dict(spec)).encode()
-    raise TypeError(f"spec must be None, a preset name, a dict or JSON bytes, got {type(spec).__name__}")
-
-
-def _normalize_location(location: Union[str, flight.Location]) -> Union[str, flight.Location]:
-    """Accept ``host:port`` as shorthand for ``grpc://host:port``."""
-    if isinstance(location, str) and "://" not in location:
-        return "grpc://" + location
-    return location
 
 
 def _as_bytes(i: int, img: Any) -> Optional[bytes]:
@@ -132,12 +95,12 @@ def _resliced(batches: Iterable[pa.RecordBatch], batch_size: int) -> Iterator[pa
 def _check_input_schema(schema: pa.Schema) -> None:
     """Fail early, client-side, on inputs the server would reject anyway."""
     if IMAGE_COLUMN not in schema.names:
-        raise ValueError(f"input has no column named 'image' (columns: {', '.join(schema.names)})")
+        raise ValueError(f"input has no column named '{IMAGE_COLUMN}' (columns: {', '.join(schema.names)})")
     typ = schema.field(IMAGE_COLUMN).type
     ok = pa.types.is_binary(typ) or pa.types.is_large_binary(typ)
     ok = ok or (hasattr(pa.types, "is_binary_view") and pa.types.is_binary_view(typ))
     if not ok:
-        raise TypeError(f"column 'image' must be binary, large_binary or binary_view, got {typ}")
+        raise TypeError(f"column '{IMAGE_COLUMN}' must be binary, large_binary or binary_view, got {typ}")
 
 
 def _input_stream(images: ImagesLike, batch_size: int) -> Tuple[pa.Schema, Iterator[pa.RecordBatch]]:
@@ -179,7 +142,7 @@ def _input_stream(images: ImagesLike, batch_size: int) -> Tuple[pa.Schema, Itera
 
         return pa.schema([pa.field(IMAGE_COLUMN, pa.binary())]), _bytes_batches(items(), batch_size)
     raise TypeError(
-        "images must be a list of bytes, a pyarrow Table/RecordBatch with an 'image' "
+        f"images must be a list of bytes, a pyarrow Table/RecordBatch with an '{IMAGE_COLUMN}' "
         f"column, or an iterable of RecordBatches; got items of type {type(first).__name__}"
     )
 
@@ -214,15 +177,27 @@ class Client:
         file of CA certificates to trust for ``grpc+tls://`` (read into
         ``tls_root_certs``). Other keyword arguments go to
         ``pyarrow.flight.FlightClient`` (``tls_root_certs``, ``cert_chain`` and
-        ``private_key`` for mutual TLS, ``override_hostname``, ...).
+        ``private_key`` for mutual TLS, ``override_hostname``, ...). All of
+        them are kept in :attr:`connection`, which also opens the clients for
+        shards served by other servers (:meth:`read`).
         """
-        self.location = _normalize_location(location)
-        self.timeout = timeout
-        self._headers = [(b"authorization", b"Bearer " + token.encode())] if token else []
-        if ca_file is not None:
-            with open(ca_file, "rb") as f:
-                flight_kwargs["tls_root_certs"] = f.read()
-        self._flight = flight.FlightClient(self.location, **flight_kwargs)
+        #: The settings this client was made with (see :class:`pixelfeed._connection.Connection`).
+        self.connection = Connection(location, timeout=timeout, token=token, ca_file=ca_file, **flight_kwargs)
+        self._flight = self.connection.open()
+
+    @property
+    def location(self) -> Union[str, flight.Location]:
+        """Where the client points (``host:port`` expanded to ``grpc://host:port``)."""
+        return self.connection.location
+
+    @property
+    def timeout(self) -> Optional[float]:
+        """The default deadline of every call, in seconds (``None``: none)."""
+        return self.connection.timeout
+
+    @timeout.setter
+    def timeout(self, value: Optional[float]) -> None:
+        self.connection.timeout = value
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -247,11 +222,6 @@ class Client:
         """The underlying ``pyarrow.flight.FlightClient``, for raw calls."""
         return self._flight
 
-    def _options(self, timeout: Optional[float]) -> flight.FlightCallOptions:
-        """Call options with the given deadline (else the client's default) and the token header."""
-        t = self.timeout if timeout is None else timeout
-        return flight.FlightCallOptions(timeout=t, headers=self._headers)
-
     # -- calls ---------------------------------------------------------------------
 
     def presets(self, *, timeout: Optional[float] = None) -> Dict[str, Any]:
@@ -260,7 +230,7 @@ class Client:
         The server answers with JSON; a JSON object is returned as is (preset
         name → resolved spec), a JSON list of names becomes ``{name: None}``.
         """
-        results = list(self._flight.do_action(flight.Action("presets", b""), self._options(timeout)))
+        results = list(self._flight.do_action(flight.Action("presets", b""), self.connection.options(timeout)))
         body = b"".join(r.body.to_pybytes() for r in results)
         value = json.loads(body) if body else {}
         if isinstance(value, list):
@@ -271,29 +241,21 @@ class Client:
 
     # -- server-side datasets (pixelfeed.datasets) ---------------------------------
 
-    def dataset(self, name: str, spec: SpecLike = None) -> "Any":
+    def dataset(self, name: str, spec: SpecLike = None) -> datasets.Dataset:
         """A server-side dataset read with ``spec``; see :class:`pixelfeed.datasets.Dataset`."""
-        from .datasets import Dataset
-
-        return Dataset(self, name, spec)
+        return datasets.Dataset(self, name, spec)
 
     def register_dataset(self, name: str, uri: str, *, timeout: Optional[float] = None) -> Dict[str, Any]:
         """Have the server open ``uri`` as dataset ``name``; returns ``{"name", "rows"}``."""
-        from .datasets import register
-
-        return register(self, name, uri, timeout=timeout)
+        return datasets.register(self, name, uri, timeout=timeout)
 
     def read(self, endpoint: flight.FlightEndpoint, *, timeout: Optional[float] = None) -> Iterator[pa.RecordBatch]:
         """Stream one shard (endpoint) with ``DoGet``; see :func:`pixelfeed.datasets.read`."""
-        from .datasets import read
-
-        return read(self, endpoint, timeout=timeout)
+        return datasets.read(self, endpoint, timeout=timeout)
 
     def read_all(self, endpoints: Any, parallel: int = 4, *, timeout: Optional[float] = None) -> pa.Table:
         """Read shards in parallel into one table; see :func:`pixelfeed.datasets.read_all`."""
-        from .datasets import read_all
-
-        return read_all(self, endpoints, parallel, timeout=timeout)
+        return datasets.read_all(self, endpoints, parallel, timeout=timeout)
 
     def preprocess(
         self,
@@ -327,12 +289,13 @@ class Client:
         Yields
         ------
         pyarrow.RecordBatch
-            Output batches: passthrough columns, ``tensor``, ``error``,
-            ``height``, ``width``; rows in input order. Row counts of input and
-            output batches need not match one to one, but add up to the same
-            total (checked at the end of the stream). Use
-            :func:`pixelfeed.tensors`, :func:`pixelfeed.valid` and
-            :func:`pixelfeed.errors` to read them.
+            Output batches: passthrough columns, then ``tensor``, ``error``,
+            ``height``, ``width``, ``warning``, ``geometry``; rows in input
+            order. Row counts of input and output batches need not match one
+            to one, but add up to the same total (checked at the end of the
+            stream). Use :func:`pixelfeed.tensors`, :func:`pixelfeed.valid`,
+            :func:`pixelfeed.errors`, :func:`pixelfeed.warnings` and
+            :func:`pixelfeed.geometry` to read them.
 
         Raises
         ------
@@ -348,7 +311,7 @@ class Client:
         command = encode_spec(spec)
         schema, batches = _input_stream(images, batch_size)
         _check_input_schema(schema)
-        return self._exchange(command, schema, batches, self._options(timeout))
+        return self._exchange(command, schema, batches, self.connection.options(timeout))
 
     def preprocess_table(
         self,

@@ -24,28 +24,65 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pyarrow as pa
 import pyarrow.flight as flight
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .client import Client, SpecLike
+from . import _contract
+from ._connection import TRANSIENT_ERRORS, Connection
+from ._contract import SpecLike
 
-__all__ = ["Dataset", "read", "read_all", "assign_shards", "info_command"]
+__all__ = ["Dataset", "read", "read_table", "read_all", "assign_shards", "info_command"]
+
+#: What the functions here read through: a :class:`pixelfeed.Client` (its
+#: open Flight client is reused for its own location) or a bare
+#: :class:`~pixelfeed._connection.Connection` (clients are opened per call).
+#: Either way, any other location is opened with the same token and TLS settings.
+Source = Any
 
 
-def info_command(name: str, spec: "SpecLike", shards: int) -> bytes:
-    """The ``GetFlightInfo`` CMD descriptor bytes for a sharded read."""
-    from .client import encode_spec
+def info_command(name: str, spec: SpecLike, shards: int) -> bytes:
+    """The ``GetFlightInfo`` CMD descriptor bytes for a sharded read (see :func:`pixelfeed._contract.info_command`)."""
+    return _contract.info_command(name, spec, shards)
 
-    return json.dumps({"dataset": name, "spec": json.loads(encode_spec(spec)), "shards": int(shards)}).encode()
+
+def _parts(source: Source) -> Tuple[Connection, Optional[flight.FlightClient]]:
+    """The connection settings of ``source`` and its open Flight client, if it has one."""
+    if isinstance(source, Connection):
+        return source, None
+    return source.connection, source.flight_client
+
+
+def _uri(location: Any) -> str:
+    """A location (``str``, ``flight.Location``) as its URI text."""
+    uri = getattr(location, "uri", location)
+    return uri.decode() if isinstance(uri, bytes) else str(uri)
+
+
+@contextmanager
+def _flight_client(source: Source, location: Optional[str] = None) -> Iterator[flight.FlightClient]:
+    """A Flight client to ``location`` (default: the source's own server).
+
+    The source's own open client when it points there, else a new one with
+    the source's TLS settings, closed on exit.
+    """
+    conn, own = _parts(source)
+    if own is not None and (location is None or location == _uri(conn.location)):
+        yield own
+        return
+    opened = conn.open(location)
+    try:
+        yield opened
+    finally:
+        opened.close()
 
 
 class Dataset:
     """A named server-side dataset read with one transform spec."""
 
-    def __init__(self, client: "Client", name: str, spec: "SpecLike" = None) -> None:
+    def __init__(self, client: Source, name: str, spec: SpecLike = None) -> None:
         """Bind ``name`` on ``client``'s server to ``spec`` (default: the imagenet preset)."""
         self.client = client
         self.name = name
@@ -53,12 +90,14 @@ class Dataset:
 
     def __repr__(self) -> str:
         """Show the dataset's name and server."""
-        return f"pixelfeed.Dataset({self.name!r} on {self.client.location!r})"
+        return f"pixelfeed.Dataset({self.name!r} on {_parts(self.client)[0].location!r})"
 
     def info(self, shards: int = 1, *, timeout: Optional[float] = None) -> flight.FlightInfo:
         """``GetFlightInfo`` for ``shards`` shards: output schema, row count, endpoints."""
         descriptor = flight.FlightDescriptor.for_command(info_command(self.name, self.spec, shards))
-        return self.client.flight_client.get_flight_info(descriptor, self.client._options(timeout))
+        options = _parts(self.client)[0].options(timeout)
+        with _flight_client(self.client) as conn:
+            return conn.get_flight_info(descriptor, options)
 
     def shards(self, k: int = 1, *, timeout: Optional[float] = None) -> List[flight.FlightEndpoint]:
         """The dataset cut into ``k`` contiguous shards, as Flight endpoints (in row order)."""
@@ -70,41 +109,61 @@ class Dataset:
 
 
 def _locations(endpoint: flight.FlightEndpoint) -> List[str]:
-    return [loc.uri.decode() if isinstance(loc.uri, bytes) else str(loc.uri) for loc in endpoint.locations]
+    return [_uri(loc) for loc in endpoint.locations]
 
 
 def read(
-    client: "Client", endpoint: flight.FlightEndpoint, *, timeout: Optional[float] = None
+    client: Source, endpoint: flight.FlightEndpoint, *, timeout: Optional[float] = None
 ) -> Iterator[pa.RecordBatch]:
     """Stream one shard's output batches with ``DoGet``.
 
     The endpoint's locations are tried in order (the first is the server the
     shard was assigned to, the others are alternatives); an endpoint without
-    locations is read from ``client``'s own server. A location that cannot be
+    locations is read from ``client``'s own server. Every location is reached
+    with ``client``'s token and TLS settings. A location that cannot be
     reached (``FlightUnavailableError``) before any batch arrived moves on
     to the next.
     """
-    locations = _locations(endpoint) or [None]
+    options = _parts(client)[0].options(timeout)
+    locations: List[Optional[str]] = list(_locations(endpoint)) or [None]
     last: Optional[BaseException] = None
     for loc in locations:
-        own = loc is None or loc == str(client.location)
-        conn = client.flight_client if own else flight.FlightClient(loc)
+        started = False
         try:
-            reader = conn.do_get(endpoint.ticket, client._options(timeout))
-            for chunk in reader:
-                yield chunk.data
-            return
+            with _flight_client(client, loc) as conn:
+                for chunk in conn.do_get(endpoint.ticket, options):
+                    started = True
+                    yield chunk.data
+                return
         except flight.FlightUnavailableError as exc:
+            if started:
+                raise  # rows were handed out: another location would repeat them
             last = exc
-            continue
-        finally:
-            if not own:
-                conn.close()
+    raise last if last is not None else RuntimeError("endpoint has no usable location")
+
+
+def read_table(client: Source, endpoint: flight.FlightEndpoint, *, timeout: Optional[float] = None) -> pa.Table:
+    """Read one shard whole, as one table: all of its rows or an exception.
+
+    Locations are tried as in :func:`read`, with ``client``'s token and TLS
+    settings. As nothing is handed out before the shard is complete, a
+    location that fails at any point with a transport error (unavailable,
+    timed out, cancelled) moves on to the next, which starts the shard over.
+    """
+    options = _parts(client)[0].options(timeout)
+    locations: List[Optional[str]] = list(_locations(endpoint)) or [None]
+    last: Optional[BaseException] = None
+    for loc in locations:
+        try:
+            with _flight_client(client, loc) as conn:
+                return conn.do_get(endpoint.ticket, options).read_all()
+        except TRANSIENT_ERRORS as exc:
+            last = exc
     raise last if last is not None else RuntimeError("endpoint has no usable location")
 
 
 def read_all(
-    client: "Client",
+    client: Source,
     endpoints: Sequence[flight.FlightEndpoint],
     parallel: int = 4,
     *,
@@ -125,8 +184,8 @@ def read_all(
         return pa.Table.from_batches(batches)
     # No rows at all: the schema still comes from GetFlightInfo's answer,
     # which DoGet repeats; read it off an (empty) stream.
-    conn = client.flight_client
-    return conn.do_get(endpoints[0].ticket, client._options(timeout)).read_all()
+    with _flight_client(client) as conn:
+        return conn.do_get(endpoints[0].ticket, _parts(client)[0].options(timeout)).read_all()
 
 
 def assign_shards(n_shards: int, rank: int = 0, world_size: int = 1, worker: int = 0, workers: int = 1) -> List[int]:
@@ -141,8 +200,9 @@ def assign_shards(n_shards: int, rank: int = 0, world_size: int = 1, worker: int
     return list(range(reader, n_shards, readers))
 
 
-def register(client: "Client", name: str, uri: str, *, timeout: Optional[float] = None) -> Dict[str, Any]:
+def register(client: Source, name: str, uri: str, *, timeout: Optional[float] = None) -> Dict[str, Any]:
     """``DoAction("register_dataset")``: the server opens ``uri`` as ``name``; returns ``{"name", "rows"}``."""
     body = json.dumps({"name": name, "uri": uri}).encode()
-    results = list(client.flight_client.do_action(flight.Action("register_dataset", body), client._options(timeout)))
+    with _flight_client(client) as conn:
+        results = list(conn.do_action(flight.Action("register_dataset", body), _parts(client)[0].options(timeout)))
     return json.loads(b"".join(r.body.to_pybytes() for r in results))

@@ -34,6 +34,8 @@ except ImportError as exc:  # pragma: no cover - exercised where torch is absent
     raise ImportError("pixelfeed.torch needs PyTorch: pip install torch") from exc
 
 from .arrays import tensor_dtype, tensors, valid
+from .client import connect
+from .datasets import assign_shards
 
 __all__ = ["to_torch", "TorchLoader", "ShardedDataset"]
 
@@ -219,9 +221,6 @@ class ShardedDataset(torch.utils.data.IterableDataset):
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         """Yield this reader's shards' batches, in shard order."""
-        from .client import connect
-        from .datasets import assign_shards
-
         dist = torch.distributed
         on = dist.is_available() and dist.is_initialized()
         rank = self.rank if self.rank is not None else (dist.get_rank() if on else 0)
