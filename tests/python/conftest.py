@@ -27,7 +27,7 @@ from typing import Deque, Dict, List, Optional
 
 import pytest
 
-from pfhelpers import DIFFS, REPO, corpus_path
+from pfhelpers import DIFFS, REPO, SUMMARIES, corpus_path
 
 LISTEN_RE = re.compile(r"pixelfeed listening on (?:grpc(?:\+tcp)?://)?(\d{1,3}(?:\.\d{1,3}){3}:\d+|\[[0-9A-Fa-f:.]+\]:\d+|localhost:\d+)")
 STARTUP_TIMEOUT_S = float(os.environ.get("PIXELFEED_STARTUP_TIMEOUT", "60"))
@@ -192,11 +192,16 @@ def corpus() -> Path:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001
-    """Print the per-image mean |diff| table and the worst JPEG/PNG values per spec."""
+    """Print the per-image mean |diff| table and the worst JPEG/PNG values per
+    spec, then any table a test left with ``pfhelpers.record_summary``."""
+    tr = terminalreporter
+    for title, lines in SUMMARIES.items():
+        tr.section(title)
+        for line in lines:
+            tr.write_line(line)
     diffs = DIFFS
     if not diffs:
         return
-    tr = terminalreporter
     tr.section("pixelfeed vs Pillow: mean |diff| on the 0-255 scale")
     specs = sorted({s for s, _ in diffs})
     for spec in specs:

@@ -59,6 +59,16 @@ def record_diff(spec_name: str, image: str, kind: str, mean_abs_diff: float, not
     DIFFS[(spec_name, image)] = (kind, float(mean_abs_diff), note)
 
 
+#: title -> lines; printed as extra sections by conftest's summary hook (for
+#: tables that are not one number per image, e.g. the JPEG layout matrix).
+SUMMARIES: Dict[str, List[str]] = {}
+
+
+def record_summary(title: str, lines: List[str]) -> None:
+    """Print ``lines`` under ``title`` at the end of the run (replaces an earlier entry)."""
+    SUMMARIES[title] = list(lines)
+
+
 def corpus_path() -> Optional[Path]:
     """``<repo>/../shared/corpus`` (or ``$PIXELFEED_CORPUS``), ``None`` when absent."""
     import os
