@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Server memory under concurrent streaming: N clients stream the large
 benchmark set (4 Mpx JPEGs) through one server at once; the server's peak
-RSS (VmHWM) is compared with its output-pool cap + 256 MiB (issue #5).
+RSS (VmHWM) is compared with its output-pool cap + 256 MiB.
 
     .venv/bin/python bench/rss.py [--clients 8] [--seconds 20] [--pool-mib 256]
                                   [--spec '{"preset":"imagenet"}'] [--bin target/release/pixelfeed]

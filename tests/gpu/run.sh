@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check (issue #3), run on a machine with an NVIDIA GPU, PyTorch and
+# The GPU check, run on a machine with an NVIDIA GPU, PyTorch and
 # torchvision, from the repository root, after tests/gpu/prepare.sh staged
 # .gpu/ (release binaries + images):
 #   bash tests/gpu/run.sh [repeat]

@@ -11,12 +11,14 @@ use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_client::FlightServiceClient;
-use arrow_flight::{Action, ActionType, FlightClient, FlightData, FlightDescriptor};
+use arrow_flight::{
+    Action, ActionType, FlightClient, FlightData, FlightDescriptor, FlightInfo, Ticket,
+};
 use arrow_schema::SchemaRef;
 use bytes::Bytes;
 use futures::channel::oneshot;
 use futures::stream::{self, BoxStream, Stream, StreamExt, TryStreamExt};
-use pixelfeed_schema::TransformSpec;
+use pixelfeed_schema::{InfoRequest, TransformSpec};
 use serde_json::Value;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
@@ -268,6 +270,35 @@ impl Client {
             .await?
             .try_collect()
             .await
+    }
+
+    /// A dataset the server holds, cut into `shards` shard endpoints
+    /// through `spec` (`None`: the default preset; a JSON string names a
+    /// preset; an object is a spec): `GetFlightInfo` with the contract's
+    /// command ([`InfoRequest::command`]). Each endpoint's ticket is read
+    /// with [`Self::read_shard`], from this server or one of the endpoint's
+    /// locations.
+    pub async fn dataset_shards(
+        &self,
+        dataset: &str,
+        spec: Option<&Value>,
+        shards: u64,
+    ) -> Result<FlightInfo, ClientError> {
+        let command = InfoRequest::command(dataset, spec, shards);
+        Ok(self
+            .flight_client()
+            .get_flight_info(FlightDescriptor::new_cmd(command))
+            .await?)
+    }
+
+    /// Streams the output batches of one shard (`DoGet` on its ticket), in
+    /// row order.
+    pub async fn read_shard(
+        &self,
+        ticket: Ticket,
+    ) -> Result<BoxStream<'static, Result<RecordBatch, ClientError>>, ClientError> {
+        let stream = self.flight_client().do_get(ticket).await?;
+        Ok(stream.map_err(ClientError::from).boxed())
     }
 
     /// The server's built-in presets, each resolved to a full spec.

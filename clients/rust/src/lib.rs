@@ -4,8 +4,9 @@
 //!   runs the calls: [`Client::exchange`] streams record batches with an
 //!   `image` column through a transform spec and yields tensor batches
 //!   ([`ExchangeStream`]); [`Client::preprocess`] does the same for a slice
-//!   of encoded images; [`Client::presets`] and [`Client::health`] are the
-//!   server's actions.
+//!   of encoded images; [`Client::dataset_shards`] and
+//!   [`Client::read_shard`] read datasets the server holds;
+//!   [`Client::presets`] and [`Client::health`] are the server's actions.
 //! - [`IntoSpecJson`] — what can be passed as a spec: JSON text, a
 //!   `serde_json::Value`, or a [`TransformSpec`].
 //! - [`TensorBatch`] — typed views of an output batch: [`TensorBatch::shape`],

@@ -289,3 +289,47 @@ async fn half_precision_tensors_are_the_rounded_float32_values() {
         .all(|(b, f)| *b == half::bf16::from_f32(*f)));
     assert!(brain.warning(0).is_none());
 }
+
+#[tokio::test]
+async fn dataset_shards_read_back_every_row_in_order() {
+    let root = pixelfeed_testkit::tempdir("client-dataset");
+    let jpgs: Vec<String> = pixelfeed_testkit::directory_fixture(&root)
+        .into_iter()
+        .filter(|r| r.ends_with(".jpg"))
+        .collect();
+    let datasets = pixelfeed_server::DatasetsConfig::default();
+    datasets
+        .registry
+        .register("d", &format!("dir:{}?glob=*.jpg", root.display()))
+        .unwrap();
+    let (_server, client) = start(ServerConfig {
+        service: pixelfeed_server::ServiceConfig {
+            datasets,
+            ..Default::default()
+        },
+        ..ServerConfig::default()
+    })
+    .await;
+    let spec = serde_json::json!({"resize": {"mode": "exact", "height": 8, "width": 8},
+                                  "dtype": "uint8", "layout": "hwc"});
+    let info = client.dataset_shards("d", Some(&spec), 3).await.unwrap();
+    assert_eq!(info.endpoint.len(), 3);
+    let mut paths = Vec::new();
+    for endpoint in &info.endpoint {
+        let batches: Vec<RecordBatch> = client
+            .read_shard(endpoint.ticket.clone().unwrap())
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        for batch in &batches {
+            assert_eq!(TensorBatch::try_from(batch).unwrap().shape(), [8, 8, 3]);
+            paths.extend(pixelfeed_testkit::strings(batch, "path").into_iter().flatten());
+        }
+    }
+    assert_eq!(paths, jpgs);
+    let unknown = client.dataset_shards("nope", None, 1).await.unwrap_err();
+    assert_eq!(unknown.code(), Some(Code::NotFound), "{unknown}");
+    let _ = std::fs::remove_dir_all(&root);
+}

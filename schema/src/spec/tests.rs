@@ -148,7 +148,7 @@ fn every_preset_parses_and_round_trips() {
 }
 
 #[test]
-fn new_modes_parse_and_round_trip() {
+fn every_resize_and_crop_mode_parses_and_round_trips() {
     let cases = [
         json!({"resize": {"mode": "longer_side", "size": 300}, "crop": {"mode": "center", "height": 200, "width": 300}}),
         json!({"resize": {"mode": "fit", "height": 64, "width": 80, "pad_value": [114, 114, 114]}, "dtype": "float16"}),
@@ -187,7 +187,7 @@ fn new_modes_parse_and_round_trip() {
 }
 
 #[test]
-fn new_fields_name_their_errors() {
+fn bad_mode_fields_name_their_errors() {
     let field = |v: Value| err(v).field;
     assert_eq!(field(json!({})), "crop");
     assert_eq!(

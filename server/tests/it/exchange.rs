@@ -295,7 +295,7 @@ async fn other_rpcs_are_unimplemented() {
         .unwrap_err();
     let err = ClientError::from(err);
     assert_eq!(err.code(), Some(Code::Unimplemented), "{err}");
-    // DoGet serves dataset shard tickets (issue #6); anything else is refused.
+    // DoGet serves dataset shard tickets; anything else is refused.
     let err = client
         .flight_client()
         .do_get(Ticket::new("anything"))
