@@ -3,7 +3,8 @@
 #   bash scripts/test.sh [extra pytest args]
 # 1. venv with the Python client + test deps (scripts/venv.sh)
 # 2. cargo build of the debug server binary, cargo test --workspace (with
-#    draft decoding when cmake and nasm are installed: scripts/features.sh)
+#    libjpeg-turbo, which needs cmake and nasm: scripts/features.sh says
+#    what is missing; PIXELFEED_PURE_RUST=1 tests the pure-Rust fallback)
 # 3. pytest tests/python -v against that binary (PIXELFEED_BIN); the
 #    end-to-end tests start and stop the server themselves.
 # Exits non-zero on any failure.
@@ -17,6 +18,15 @@ echo "== cargo build -p pixelfeed-cli --bin pixelfeed $PIXELFEED_FEATURES"
 cargo build -p pixelfeed-cli --bin pixelfeed $PIXELFEED_FEATURES
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 export PIXELFEED_BIN="${PIXELFEED_BIN:-$target_dir/debug/pixelfeed}"
+
+# The JPEG layout matrix (tests/python/jpeg_matrix.py, cjpeg/jpegtran) for
+# the engine's differential test; without those tools that test skips,
+# saying so, and so do the Python ones.
+matrix="$target_dir/jpeg-matrix"
+echo "== $PY tests/python/jpeg_matrix.py $matrix"
+if "$PY" tests/python/jpeg_matrix.py "$matrix" --no-validate >/dev/null; then
+  export PIXELFEED_JPEG_MATRIX="$matrix"
+fi
 
 echo "== cargo test --workspace $PIXELFEED_FEATURES"
 cargo test --workspace $PIXELFEED_FEATURES

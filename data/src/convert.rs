@@ -186,6 +186,12 @@ pub fn convert(
     progress: Progress<'_>,
 ) -> Result<ConvertSummary, ConvertError> {
     let started = Instant::now();
+    // The decoder resolved once, so the manifest and every shard's schema
+    // name the decoder that ran.
+    let options = &ConvertOptions {
+        spec: engine::resolve_spec(&options.spec)?,
+        ..options.clone()
+    };
     let source = SourceUri::parse(&options.source)?.open()?;
     let schema: SchemaRef = Arc::new(output_schema(&source.schema(), &options.spec)?);
     let rows = source.rows();

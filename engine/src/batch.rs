@@ -12,14 +12,15 @@ use arrow_array::{
 use arrow_buffer::{NullBuffer, ScalarBuffer};
 use arrow_schema::{ArrowError, DataType};
 use pixelfeed_schema::{
-    columns, geometry_fields, image_column_index, output_schema, tensor_field, DType, TransformSpec,
+    columns, geometry_fields, image_column_index, output_schema, tensor_field, DType, JpegDecoder,
+    TransformSpec,
 };
 use rayon::prelude::*;
 
 use crate::error::RowError;
 use crate::row::{process_row, Geometry, RowContext, RowOutcome};
 use crate::BatchReport;
-use crate::{jpeg_draft, BlockAllocator, EngineConfig, EngineError};
+use crate::{jpeg, BlockAllocator, EngineConfig, EngineError};
 
 /// The `image` column, whichever binary layout it uses.
 enum Images<'a> {
@@ -126,20 +127,45 @@ fn geometry_column(outcomes: &[RowOutcome]) -> Result<StructArray, ArrowError> {
     StructArray::try_new(geometry_fields(), columns, nulls)
 }
 
-/// Refuses a spec this build cannot run: `draft` without the `turbojpeg`
-/// feature (decoding in full instead would silently give other pixels).
+/// The spec this build runs for `spec`: its `decoder` resolved (`auto` is
+/// libjpeg-turbo when built in, else zune-jpeg), so the spec stored in an
+/// output schema or a ticket names the decoder that ran. Refuses what this
+/// build cannot run rather than giving other pixels: a pinned decoder it
+/// lacks, or `draft` without libjpeg-turbo.
 ///
 /// # Errors
-/// [`EngineError::Unsupported`] naming the field and the missing feature.
-pub fn check_spec(spec: &TransformSpec) -> Result<(), EngineError> {
-    if spec.draft && !jpeg_draft::AVAILABLE {
-        return Err(EngineError::Unsupported(
-            "spec field draft: this server was built without draft decoding \
-             (cargo feature `turbojpeg`, which needs cmake and nasm to build)"
-                .into(),
-        ));
+/// [`EngineError::Unsupported`] naming the field and what is missing.
+pub fn resolve_spec(spec: &TransformSpec) -> Result<TransformSpec, EngineError> {
+    let missing = |field: &str| {
+        EngineError::Unsupported(format!(
+            "spec field {field}: this server was built without libjpeg-turbo (cargo feature \
+             `turbojpeg`, which needs cmake and nasm to build); its JPEG decoder is zune-jpeg"
+        ))
+    };
+    let decoder = match spec.decoder {
+        JpegDecoder::Auto if jpeg::turbo::AVAILABLE => JpegDecoder::LibjpegTurbo,
+        JpegDecoder::Auto => JpegDecoder::ZuneJpeg,
+        JpegDecoder::LibjpegTurbo if !jpeg::turbo::AVAILABLE => return Err(missing("decoder")),
+        pinned => pinned,
+    };
+    if spec.draft && decoder != JpegDecoder::LibjpegTurbo {
+        return Err(missing("draft"));
     }
-    Ok(())
+    Ok(TransformSpec {
+        decoder,
+        ..spec.clone()
+    })
+}
+
+/// The JPEG decoders this build has, the default (what `auto` resolves to)
+/// first, with versions: what `DoAction("stats")` reports.
+pub fn jpeg_decoders() -> Vec<&'static str> {
+    let mut decoders = Vec::with_capacity(2);
+    if jpeg::turbo::AVAILABLE {
+        decoders.push(jpeg::turbo::NAME);
+    }
+    decoders.push(jpeg::zune::NAME);
+    decoders
 }
 
 /// [`process_batch`](super::process_batch), also returning how long each row
@@ -155,7 +181,7 @@ pub fn process_batch_timed(
     alloc: &dyn BlockAllocator,
     first_row: u64,
 ) -> Result<(RecordBatch, BatchReport), EngineError> {
-    check_spec(spec)?;
+    let spec = &resolve_spec(spec)?;
     let input_schema = batch.schema();
     let schema = Arc::new(output_schema(&input_schema, spec)?);
     let image_index = image_column_index(&input_schema)?;
@@ -391,7 +417,8 @@ mod tests {
         ]);
         let spec = imagenet();
         let out = run(&batch, &spec);
-        let expected_schema = output_schema(&batch.schema(), &spec).unwrap();
+        let expected_schema =
+            output_schema(&batch.schema(), &resolve_spec(&spec).unwrap()).unwrap();
         assert_eq!(out.schema().as_ref(), &expected_schema);
         assert_eq!(out.num_rows(), 7);
         // Passthrough columns are the input arrays themselves.
@@ -469,6 +496,44 @@ mod tests {
     }
 
     #[test]
+    fn specs_resolve_to_a_decoder_this_build_has() {
+        let spec = |v: serde_json::Value| TransformSpec::from_value(&v).unwrap();
+        let turbo = cfg!(feature = "turbojpeg");
+        let auto = resolve_spec(&imagenet()).unwrap();
+        let default = if turbo {
+            JpegDecoder::LibjpegTurbo
+        } else {
+            JpegDecoder::ZuneJpeg
+        };
+        assert_eq!(auto.decoder, default);
+        assert_eq!(
+            TransformSpec {
+                decoder: JpegDecoder::Auto,
+                ..auto
+            },
+            imagenet()
+        );
+        let zune = spec(json!({"preset": "imagenet", "decoder": "zune-jpeg"}));
+        assert_eq!(resolve_spec(&zune).unwrap(), zune);
+        let pinned = spec(json!({"preset": "imagenet", "decoder": "libjpeg-turbo"}));
+        let draft = spec(json!({"preset": "imagenet", "draft": true}));
+        if turbo {
+            assert_eq!(resolve_spec(&pinned).unwrap(), pinned);
+            assert_eq!(
+                resolve_spec(&draft).unwrap().decoder,
+                JpegDecoder::LibjpegTurbo
+            );
+        } else {
+            for (spec, field) in [(pinned, "spec field decoder"), (draft, "spec field draft")] {
+                let err = resolve_spec(&spec).unwrap_err();
+                assert!(matches!(err, EngineError::Unsupported(_)), "{err}");
+                assert!(err.to_string().starts_with(field), "{err}");
+            }
+        }
+        assert_eq!(jpeg_decoders()[0].starts_with("libjpeg-turbo"), turbo);
+    }
+
+    #[test]
     fn empty_batch_is_a_valid_empty_batch() {
         let batch = batch_of(&[]);
         let spec = imagenet();
@@ -476,7 +541,7 @@ mod tests {
         assert_eq!(out.num_rows(), 0);
         assert_eq!(
             out.schema().as_ref(),
-            &output_schema(&batch.schema(), &spec).unwrap()
+            &output_schema(&batch.schema(), &resolve_spec(&spec).unwrap()).unwrap()
         );
     }
 

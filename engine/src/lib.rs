@@ -64,7 +64,6 @@ mod error;
 mod exif;
 mod geometry;
 mod jpeg;
-mod jpeg_draft;
 mod orient;
 mod png;
 mod resize;
@@ -74,7 +73,7 @@ mod sniff;
 mod write;
 
 pub use alloc::{BlockAllocator, HeapAllocator, TensorBlock};
-pub use batch::{check_spec, process_batch_timed};
+pub use batch::{jpeg_decoders, process_batch_timed, resolve_spec};
 pub use pixelfeed_schema::RowErrorKind;
 
 use arrow_array::RecordBatch;

@@ -27,7 +27,7 @@ use crate::geometry::{self, Mapping, Plan};
 use crate::orient::Orientation;
 use crate::sniff::{first_bytes_hex, sniff, Sniffed};
 use crate::write::TensorWriter;
-use crate::{color, jpeg, jpeg_draft, png, resize, EngineConfig, RowStages};
+use crate::{color, jpeg, png, resize, EngineConfig, RowStages};
 
 /// Thread-local buffers larger than this are released after the row that
 /// grew them, so one huge image does not pin its memory in every worker.
@@ -295,30 +295,37 @@ fn run(
             progress.dims = Some(orient.oriented_size(header.height, header.width));
             check_limits(header.width, header.height, ctx.config)?;
             let plan = checked_plan(ctx, orient.oriented_size(header.height, header.width), key)?;
-            progress.warning = jpeg::finish_stream(data, &header, &mut s.encoded, strict)?;
-            // Draft specs decode as Pillow does with `draft`: libjpeg-turbo,
-            // scaled when the resize allows, full size otherwise.
-            let (width, height, channels, plan, warning) =
-                if ctx.spec.draft && jpeg_draft::can_draft(&header) {
-                    draft = geometry::draft_scale(&plan);
-                    let d = jpeg_draft::decode(&s.encoded, &header, draft, strict, &mut s.decoded)?;
-                    // The plan again, for the drafted size: the geometry a
-                    // Pillow user gets by resizing the drafted image.
-                    let plan = if draft > 1 {
-                        checked_plan(ctx, orient.oriented_size(d.height, d.width), key)?
-                    } else {
-                        plan
-                    };
-                    (d.width, d.height, d.channels, plan, d.warning)
-                } else {
-                    let (channels, warning) =
-                        jpeg::decode(&s.encoded, &header, ctx.max_side, &mut s.decoded, strict)?;
-                    (header.width, header.height, channels, plan, warning)
-                };
-            progress.warning = match (warning, progress.warning.take()) {
+            let facts = jpeg::finish_stream(data, &header, &mut s.encoded, strict)?;
+            // A draft may decode at 1/2, 1/4 or 1/8, as Pillow's `draft`
+            // does for the resized size.
+            let scale = if ctx.spec.draft {
+                geometry::draft_scale(&plan)
+            } else {
+                1
+            };
+            let d = jpeg::decode(
+                &s.encoded,
+                &header,
+                &facts,
+                ctx.spec.decoder,
+                scale,
+                strict,
+                ctx.max_side,
+                &mut s.decoded,
+            )?;
+            draft = d.scale;
+            // The plan again, for the drafted size: the geometry a Pillow
+            // user gets by resizing the drafted image.
+            let plan = if d.scale > 1 {
+                checked_plan(ctx, orient.oriented_size(d.height, d.width), key)?
+            } else {
+                plan
+            };
+            progress.warning = match (d.warning, facts.warning) {
                 (Some(decode), Some(stream)) => Some(format!("{decode}; {stream}")),
                 (decode, stream) => decode.or(stream),
             };
+            let (width, height, channels) = (d.width, d.height, d.channels);
             (width, height, channels, orient, plan)
         }
         Sniffed::Png => {

@@ -33,7 +33,8 @@ pub use extension::{
 pub use output::{geometry_fields, image_column_index, output_schema, ContractError};
 pub use row_error::RowErrorKind;
 pub use spec::{
-    Color, Crop, DType, Filter, Flip, Layout, Normalize, Resize, SpecError, TransformSpec,
+    Color, Crop, DType, Filter, Flip, JpegDecoder, Layout, Normalize, Resize, SpecError,
+    TransformSpec,
 };
 pub use ticket::{InfoRequest, ShardTicket, TicketError, MAX_SHARDS, TICKET_VERSION};
 

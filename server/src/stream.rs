@@ -185,10 +185,12 @@ pub(crate) async fn process_and_send(
     Ok(sent)
 }
 
-/// Refuses, before any schema or ticket is handed out, a spec this build
-/// cannot serve (a draft without libjpeg-turbo).
-pub(crate) fn check_servable(spec: &TransformSpec) -> Result<(), Status> {
-    engine::check_spec(spec).map_err(engine_status)
+/// The spec this server runs for `spec` (its JPEG decoder resolved, so the
+/// output schema and tickets name the decoder), or, before any schema or
+/// ticket is handed out, the refusal of a spec this build cannot serve (a
+/// decoder or a draft it lacks).
+pub(crate) fn servable(spec: &TransformSpec) -> Result<TransformSpec, Status> {
+    engine::resolve_spec(spec).map_err(engine_status)
 }
 
 /// Records the spec in the call span (as a short hash) and the debug log.

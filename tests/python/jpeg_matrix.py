@@ -1,4 +1,4 @@
-"""A deterministic matrix of valid JPEG layouts (issue 13, item 1).
+"""A deterministic matrix of valid JPEG layouts.
 
 Bundled photos (``tests/data/images``) are cropped to odd sizes and encoded
 in every layout a conforming encoder can write: libjpeg-turbo's ``cjpeg``

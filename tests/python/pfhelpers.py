@@ -183,8 +183,8 @@ def open_drafted(data: bytes, spec: Mapping[str, Any]) -> Tuple[Image.Image, int
     if orientation in _TRANSPOSING:
         new_w, new_h = new_h, new_w
     scale = 1
-    if img.format == "JPEG" and img.mode in ("RGB", "L"):
-        img.draft("RGB", (new_w, new_h))
+    if img.format == "JPEG":
+        img.draft(img.mode, (new_w, new_h))
         scale = img.decoderconfig[0] if img.decoderconfig else 1
     img.load()
     if s["exif_orientation"]:
@@ -193,9 +193,10 @@ def open_drafted(data: bytes, spec: Mapping[str, Any]) -> Tuple[Image.Image, int
 
 
 def server_drafts(client: Any) -> bool:
-    """Whether the server under test was built with draft decoding (cargo
-    feature ``turbojpeg``): one bundled JPEG sent with ``"draft": true``. Any
-    refusal other than the "built without" one fails the test."""
+    """Whether the server under test was built with libjpeg-turbo (cargo
+    feature ``turbojpeg``, on by default), which alone drafts: one bundled
+    JPEG sent with ``"draft": true``. Any refusal other than the "built
+    without" one fails the test."""
     import pyarrow as pa
     import pyarrow.flight as flight
 
@@ -204,7 +205,7 @@ def server_drafts(client: Any) -> bool:
         run_named(client, [("probe", data)], {"preset": "imagenet", "draft": True})
         return True
     except (flight.FlightError, pa.ArrowException) as e:
-        assert "built without draft decoding" in str(e), f"unexpected refusal: {e}"
+        assert "built without libjpeg-turbo" in str(e), f"unexpected refusal: {e}"
         return False
 
 

@@ -17,11 +17,12 @@ A tensor off by more than that without an error is always a failure (a wrong
 tensor trains on garbage), and so is any other error. The per-layout outcome
 for each decoder is printed at the end of the run.
 
-zune-jpeg 0.5 (the default decoder today) gets several valid layouts wrong.
-Until the header walk refuses them by name, a zune-jpeg failure is an xfail
-*only* when :func:`zune_limits` predicts it from the file's headers
-(:data:`ZUNE_RULES`: the list the refusal has to implement); a failure no rule
-predicts, or any failure of a layout zune-jpeg decodes today, fails the test.
+libjpeg-turbo (the decoder of every documented build) must decode every file.
+zune-jpeg 0.5 (the pure-Rust fallback) gets several valid layouts wrong, so the
+server's header walk refuses those by name; here :func:`zune_limits` states
+the same rules independently, from the file's headers (:data:`ZUNE_RULES`),
+and each file must be refused exactly when they (or arithmetic coding) say
+so, and decoded like Pillow otherwise.
 
 Run alone::
 
@@ -46,25 +47,8 @@ import pytest
 import jpeg_matrix as jm
 from pfhelpers import record_summary
 
-#: Decoder name -> the spec fragment that selects it. Today ``"draft": true``
-#: means libjpeg-turbo (full size here: nothing is shrunk) and the default is
-#: zune-jpeg. When the spec field ``"decoder"`` lands, this becomes
-#: ``{name: {"decoder": name} for name in ("libjpeg-turbo", "zune-jpeg")}``.
-DECODERS: Dict[str, Dict[str, Any]] = {
-    "libjpeg-turbo": {"draft": True},
-    "zune-jpeg": {},
-}
-
-#: Decoders whose known limitations are excused (xfail, with the rules hit)
-#: instead of failing: a file it gets wrong or refuses without naming the
-#: feature is an expected failure only when :func:`zune_limits` predicts it
-#: from the headers; any other failure fails the test. The rules are what the
-#: header walk must refuse by name before zune-jpeg decodes (issue 13).
-KNOWN_LIMITS = {"zune-jpeg"}
-
-#: Decoders that hand CMYK/YCCK files to zune-jpeg: with ``"draft": true`` the
-#: server decodes CMYK JPEGs "as without it" (README, spec field ``draft``).
-CMYK_VIA_ZUNE = {"libjpeg-turbo"}
+#: Decoder name -> the spec fragment that pins it.
+DECODERS: Dict[str, Dict[str, Any]] = {name: {"decoder": name} for name in ("libjpeg-turbo", "zune-jpeg")}
 
 TOLERANCE = 1.0
 REFUSAL = "unsupported JPEG:"
@@ -109,8 +93,8 @@ class Outcome(NamedTuple):
 # ---------------------------------------------------------------------------------------
 # What zune-jpeg 0.5 gets wrong, stated on the headers (SOF, SOS, DQT) alone.
 
-#: rule -> what zune-jpeg does with such a file (measured on this matrix and on
-#: size/sampling sweeps; see the issue 13 report).
+#: rule -> what zune-jpeg 0.5 does with such a file (measured on this matrix and
+#: on size/sampling sweeps before the header walk refused them).
 ZUNE_RULES = {
     "sequential multi-scan": "SOF0/SOF1 frame with more than one SOS (non-interleaved or partially interleaved, any "
                              "component order): wrong pixels without error, depending on size and data even at 4:4:4; "
@@ -150,11 +134,14 @@ def zune_limits(data: bytes) -> List[str]:
     return hits
 
 
-def expected_limits(decoder: str, data: bytes, components: int) -> List[str]:
-    """The zune-jpeg rules that excuse a failure of this file under ``decoder``."""
-    if decoder in KNOWN_LIMITS or (decoder in CMYK_VIA_ZUNE and components == 4):
-        return zune_limits(data)
-    return []
+def must_refuse(decoder: str, data: bytes) -> List[str]:
+    """Why the server must refuse this file by name with ``decoder`` (empty: it must decode it)."""
+    if decoder != "zune-jpeg":
+        return []
+    why = zune_limits(data)
+    if jm.Jpeg(data).sof.marker in (0xC9, 0xCA):
+        why.append("arithmetic coding")
+    return why
 
 
 # ---------------------------------------------------------------------------------------
@@ -230,8 +217,8 @@ def decoded(matrix, session_client):
                 cache[decoder] = _run_decoder(session_client, folder, rows, decoder)
                 _summarise(folder, rows, cache)
             except (flight.FlightError, pa.ArrowException) as e:
-                # A build without the decoder refuses the spec by name (today:
-                # "built without draft decoding"); anything else is a failure.
+                # A build without the decoder refuses the spec by name
+                # ("built without libjpeg-turbo"); anything else is a failure.
                 if "built without" not in str(e):
                     raise
                 cache[decoder] = f"server has no {decoder} decoder: {e}"
@@ -349,22 +336,15 @@ def test_layout_decodes_like_pillow(decoded, matrix, decoder: str, layout: str):
     results = decoded(decoder)
     mine = [r for r in rows if r["layout"] == layout]
     assert mine
-    bad, excused = [], set()
+    bad = []
     for r in mine:
         o = results[r["name"]]
-        if o.passed:
-            continue
-        bad.append(f"{r['name']}: {o.describe()}")
-        rules = expected_limits(decoder, (folder / f"{r['name']}.jpg").read_bytes(), int(r["components"]))
-        if rules:
-            excused.update(rules)
-            bad[-1] += f"  [known: {', '.join(rules)}]"
-        else:
-            bad[-1] += "  [NOT a known limitation]"
+        why = must_refuse(decoder, (folder / f"{r['name']}.jpg").read_bytes())
+        if why and o.kind != "refused":
+            bad.append(f"{r['name']}: {o.describe()}; must be refused by name ({', '.join(why)})")
+        elif not why and o.kind != "ok":
+            bad.append(f"{r['name']}: {o.describe()}; must decode like Pillow")
     what = jm.LAYOUTS[jm.layout_names().index(layout)].what
-    if bad and all("[known:" in b for b in bad):
-        via = "" if decoder in KNOWN_LIMITS else " (CMYK is decoded by zune-jpeg)"
-        pytest.xfail(f"{decoder}{via}: known zune-jpeg limitation ({'; '.join(sorted(excused))}), issue 13")
     assert not bad, f"{decoder}, layout {layout} ({what}):\n" + "\n".join(bad)
 
 

@@ -105,10 +105,13 @@ async fn bundled_images_round_trip() {
     assert_eq!(total_rows(&out), images.len());
     let mut row = 0;
     for batch in &out {
-        // The resolved spec travels in the schema metadata.
+        // The resolved spec travels in the schema metadata, naming the JPEG
+        // decoder that ran.
         let schema = batch.schema();
         let sent = &schema.metadata()[SPEC_METADATA_KEY];
-        assert_eq!(TransformSpec::from_json(sent.as_bytes()).unwrap(), spec);
+        let resolved = pixelfeed_engine::resolve_spec(&spec).unwrap();
+        assert_ne!(resolved.decoder, pixelfeed_schema::JpegDecoder::Auto);
+        assert_eq!(TransformSpec::from_json(sent.as_bytes()).unwrap(), resolved);
         let t = TensorBatch::try_from(batch).unwrap();
         assert_eq!(t.shape(), [3, 224, 224]);
         assert_eq!(t.dim_names().unwrap(), ["C", "H", "W"]);
@@ -325,7 +328,11 @@ async fn dataset_shards_read_back_every_row_in_order() {
             .unwrap();
         for batch in &batches {
             assert_eq!(TensorBatch::try_from(batch).unwrap().shape(), [8, 8, 3]);
-            paths.extend(pixelfeed_testkit::strings(batch, "path").into_iter().flatten());
+            paths.extend(
+                pixelfeed_testkit::strings(batch, "path")
+                    .into_iter()
+                    .flatten(),
+            );
         }
     }
     assert_eq!(paths, jpgs);

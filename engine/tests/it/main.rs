@@ -3,3 +3,4 @@
 //! `SKIP: ...` and pass without it.
 
 mod corpus;
+mod jpeg_matrix;

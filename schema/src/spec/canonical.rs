@@ -79,6 +79,7 @@ impl TransformSpec {
             "seed": self.seed,
             "strict": self.strict,
             "draft": self.draft,
+            "decoder": self.decoder.name(),
         })
     }
 

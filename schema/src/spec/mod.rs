@@ -192,6 +192,29 @@ pub enum DType {
     UInt8,
 }
 
+/// The JPEG decoder a spec asks for (spec field `decoder`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JpegDecoder {
+    /// libjpeg-turbo when the server was built with it, else zune-jpeg.
+    Auto,
+    /// libjpeg-turbo 3 (the decoder of Pillow's wheels: the same pixels).
+    LibjpegTurbo,
+    /// zune-jpeg (pure Rust): the fallback for builds without a C
+    /// toolchain; layouts it decodes wrongly are refused by name.
+    ZuneJpeg,
+}
+
+impl JpegDecoder {
+    /// The spec's name for it: `auto`, `libjpeg-turbo`, `zune-jpeg`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::LibjpegTurbo => "libjpeg-turbo",
+            Self::ZuneJpeg => "zune-jpeg",
+        }
+    }
+}
+
 /// Memory order of one row's tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
@@ -244,15 +267,21 @@ pub struct TransformSpec {
     /// are error rows; when false (default) they are decoded as far as
     /// possible and the row carries a `warning`.
     pub strict: bool,
-    /// When true, JPEGs are decoded as Pillow does after
-    /// `draft('RGB', resized size)`: by libjpeg-turbo, straight at 1/2, 1/4
-    /// or 1/8 scale in the DCT domain when the resize shrinks the image at
-    /// least that much in both directions (the largest such reduction), at
-    /// full size otherwise. Several times faster for large photos; the
-    /// pixels are Pillow's with that draft, not those of a full decode.
-    /// PNGs and CMYK JPEGs are decoded as without it. Needs a server built
-    /// with the `turbojpeg` feature. Default false.
+    /// When true, JPEGs may be decoded at a reduced scale, as Pillow does
+    /// after `draft('RGB', resized size)`: straight at 1/2, 1/4 or 1/8 scale
+    /// in the DCT domain when the resize shrinks the image at least that much
+    /// in both directions (the largest such reduction), at full size
+    /// otherwise. Several times faster for large photos; the pixels are
+    /// Pillow's with that draft, not those of a full decode. Only
+    /// libjpeg-turbo decodes at a reduced scale, so `draft` with
+    /// [`JpegDecoder::ZuneJpeg`] is refused. PNGs are decoded as without it.
+    /// Default false.
     pub draft: bool,
+    /// Which JPEG decoder runs. [`JpegDecoder::Auto`] (the default) is
+    /// libjpeg-turbo when the server has it, else zune-jpeg; servers
+    /// resolve it before answering, so the spec in an output schema or a
+    /// ticket always names the decoder that ran.
+    pub decoder: JpegDecoder,
 }
 
 impl TransformSpec {

@@ -4,8 +4,8 @@
 use serde_json::{Map, Value};
 
 use super::{
-    color_channels, preset, Color, Crop, DType, Filter, Flip, Layout, Normalize, Resize, SpecError,
-    TransformSpec, MAX_OUTPUT_SIDE, PRESET_NAMES,
+    color_channels, preset, Color, Crop, DType, Filter, Flip, JpegDecoder, Layout, Normalize,
+    Resize, SpecError, TransformSpec, MAX_OUTPUT_SIDE, PRESET_NAMES,
 };
 
 const TOP_LEVEL_FIELDS: &[&str] = &[
@@ -22,6 +22,7 @@ const TOP_LEVEL_FIELDS: &[&str] = &[
     "seed",
     "strict",
     "draft",
+    "decoder",
 ];
 
 impl TransformSpec {
@@ -122,6 +123,24 @@ impl TransformSpec {
         let exif_orientation = opt_bool(m, "exif_orientation", true)?;
         let strict = opt_bool(m, "strict", false)?;
         let draft = opt_bool(m, "draft", false)?;
+        let decoder = match opt_str(m, "decoder")?.unwrap_or("auto") {
+            "auto" => JpegDecoder::Auto,
+            "libjpeg-turbo" => JpegDecoder::LibjpegTurbo,
+            "zune-jpeg" => JpegDecoder::ZuneJpeg,
+            other => {
+                return Err(one_of(
+                    "decoder",
+                    other,
+                    &["auto", "libjpeg-turbo", "zune-jpeg"],
+                ))
+            }
+        };
+        if draft && decoder == JpegDecoder::ZuneJpeg {
+            return Err(SpecError::new(
+                "draft",
+                "needs decoder libjpeg-turbo (or auto): zune-jpeg cannot decode at a reduced scale",
+            ));
+        }
         let normalize = match m.get("normalize") {
             None | Some(Value::Null) => None,
             Some(v) => Some(parse_normalize(v, channels)?),
@@ -155,6 +174,7 @@ impl TransformSpec {
             seed,
             strict,
             draft,
+            decoder,
         };
         spec.check_output_is_fixed()?;
         Ok(spec)

@@ -246,6 +246,14 @@ fn bad_mode_fields_name_their_errors() {
     );
     assert_eq!(field(json!({"preset": "imagenet", "draft": 1})), "draft");
     assert_eq!(
+        field(json!({"preset": "imagenet", "decoder": "libjpeg"})),
+        "decoder"
+    );
+    assert_eq!(
+        field(json!({"preset": "imagenet", "draft": true, "decoder": "zune-jpeg"})),
+        "draft"
+    );
+    assert_eq!(
         field(json!({"preset": "imagenet", "dtype": "float64"})),
         "dtype"
     );
@@ -264,4 +272,20 @@ fn exact_resize_needs_no_crop() {
     assert_eq!(spec.output_size(), (32, 48));
     assert_eq!(spec.shape(), [3, 32, 48]);
     assert_eq!(spec.row_bytes(), 3 * 32 * 48);
+}
+
+#[test]
+fn the_decoder_is_named_and_round_trips() {
+    let auto = TransformSpec::from_json(br#"{"preset":"imagenet"}"#).unwrap();
+    assert_eq!(auto.decoder, JpegDecoder::Auto);
+    assert_eq!(auto.to_value()["decoder"], "auto");
+    for (name, decoder) in [
+        ("libjpeg-turbo", JpegDecoder::LibjpegTurbo),
+        ("zune-jpeg", JpegDecoder::ZuneJpeg),
+    ] {
+        let spec =
+            TransformSpec::from_value(&json!({"preset": "imagenet", "decoder": name})).unwrap();
+        assert_eq!(spec.decoder, decoder);
+        assert_eq!(TransformSpec::from_value(&spec.to_value()).unwrap(), spec);
+    }
 }

@@ -35,8 +35,10 @@ pub(crate) const ACTIONS: &[ActionDef] = &[
     },
     ActionDef {
         name: "stats",
-        description: "JSON {\"pool\": {...}}: the output memory pool's mode (pinned or pageable, \
-                      with the reason) and block counters. Body: ignored.",
+        description: "JSON {\"pool\": {...}, \"decoders\": {...}}: the output memory pool's \
+                      mode (pinned or pageable, with the reason) and block counters, and the \
+                      JPEG decoders this build has (the default, which `auto` means, first). \
+                      Body: ignored.",
         handler: stats,
     },
     ActionDef {
@@ -87,7 +89,11 @@ fn presets(_: &ServiceConfig, _: &[u8]) -> Result<Value, Status> {
 }
 
 fn stats(config: &ServiceConfig, _: &[u8]) -> Result<Value, Status> {
-    Ok(json!({"pool": config.allocator.stats()}))
+    let jpeg = pixelfeed_engine::jpeg_decoders();
+    Ok(json!({
+        "pool": config.allocator.stats(),
+        "decoders": {"jpeg": jpeg, "jpeg_default": jpeg[0]},
+    }))
 }
 
 fn health(_: &ServiceConfig, _: &[u8]) -> Result<Value, Status> {
@@ -155,6 +161,9 @@ mod tests {
         let bytes = run(&ServiceConfig::default(), "stats", b"").unwrap();
         let v: Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(v["pool"]["mode"], "heap");
+        let jpeg = v["decoders"]["jpeg"].as_array().unwrap();
+        assert_eq!(jpeg.last().unwrap(), "zune-jpeg 0.5.15");
+        assert_eq!(v["decoders"]["jpeg_default"], jpeg[0]);
     }
 
     #[test]

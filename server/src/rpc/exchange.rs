@@ -14,7 +14,7 @@ use tonic::{Status, Streaming};
 
 use crate::config::ServiceConfig;
 use crate::stream::{
-    check_servable, input_decoder, input_status, process_and_send, record_spec, spawn_pipeline,
+    input_decoder, input_status, process_and_send, record_spec, servable, spawn_pipeline,
     FlightDataStream, Output, OutputResult, Tally,
 };
 
@@ -38,8 +38,7 @@ pub(crate) async fn start(
              flight descriptor holding the transform spec JSON",
             )
         })?;
-    let spec = spec_from_descriptor(first.flight_descriptor.as_ref())?;
-    check_servable(&spec)?;
+    let spec = servable(&spec_from_descriptor(first.flight_descriptor.as_ref())?)?;
     record_spec(&spec);
     let spec = Arc::new(spec);
     let decoder = input_decoder(first, input);

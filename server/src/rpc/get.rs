@@ -13,7 +13,7 @@ use tonic::Status;
 use super::dataset_status;
 use crate::config::ServiceConfig;
 use crate::stream::{
-    check_servable, process_and_send, record_spec, spawn_pipeline, FlightDataStream, Output,
+    process_and_send, record_spec, servable, spawn_pipeline, FlightDataStream, Output,
     OutputResult, Tally,
 };
 
@@ -23,7 +23,7 @@ pub(crate) fn do_get(
     ticket: &[u8],
 ) -> Result<FlightDataStream, Status> {
     let (ticket, spec) = ShardTicket::decode(ticket).map_err(|e| Status::invalid_argument(e.0))?;
-    check_servable(&spec)?;
+    let spec = servable(&spec)?;
     record_spec(&spec);
     let dataset = config
         .datasets

@@ -14,7 +14,7 @@ use tonic::Status;
 
 use super::{dataset_status, summary};
 use crate::config::DatasetsConfig;
-use crate::stream::check_servable;
+use crate::stream::servable;
 
 /// Reads a `GetFlightInfo` descriptor: PATH `[NAME]` or CMD JSON.
 fn info_request(d: &FlightDescriptor) -> Result<InfoRequest, Status> {
@@ -50,8 +50,8 @@ pub(crate) fn flight_info(
     config: &DatasetsConfig,
     descriptor: FlightDescriptor,
 ) -> Result<FlightInfo, Status> {
-    let request = info_request(&descriptor)?;
-    check_servable(&request.spec)?;
+    let mut request = info_request(&descriptor)?;
+    request.spec = servable(&request.spec)?;
     let dataset = config
         .registry
         .get(&request.dataset)

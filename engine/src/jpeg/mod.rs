@@ -1,47 +1,50 @@
-//! JPEG: a strict header walk of our own, then pixels from zune-jpeg.
+//! JPEG: a strict header walk of our own, then pixels from libjpeg-turbo
+//! ([`turbo`], the default) or zune-jpeg ([`zune`], the pure-Rust
+//! fallback), as the spec's resolved `decoder` says.
 //!
 //! The walk (markers from SOI up to the first SOS) does four things before
-//! zune-jpeg sees a byte:
+//! any decoder sees a byte:
 //!
 //! 1. Finds the frame size so the pixel and aspect limits are checked with
 //!    no pixel buffer allocated (a 65500×65500 SOF costs a few comparisons).
-//! 2. Names what zune-jpeg 0.5.15 cannot decode -- arithmetic coding
-//!    (SOF9–11, 13–15, DAC), lossless (SOF3), hierarchical (SOF5–7),
-//!    12/16-bit precision, DNL -- instead of passing on an opaque error.
+//! 2. Names what neither decoder path supports -- lossless (SOF3, SOF11),
+//!    hierarchical (SOF5–7, 13–15), 12/16-bit precision, DNL -- instead of
+//!    passing on an opaque error. Arithmetic coding (SOF9/10) is decoded by
+//!    libjpeg-turbo and refused by name for zune-jpeg.
 //! 3. Picks out the first `Exif\0\0` APP1 and the first XMP APP1 for the
 //!    orientation (Pillow also keeps the first EXIF segment).
-//! 4. Rebuilds a clean header for zune-jpeg into a reused buffer: SOI, DQT,
-//!    DHT, SOF, DRI, a well-formed Adobe APP14, then SOS and the scan data
-//!    up to the first EOI. Everything else is dropped, so zune never copies
-//!    EXIF/ICC/XMP blobs (no per-image allocation, no 3000-APP15 slowness),
-//!    and libjpeg's tolerances are reproduced where they are harmless:
-//!    junk or `FF 00` between header markers is skipped (libjpeg warns
-//!    "extraneous bytes"), a short APP14 is ignored (libjpeg ignores APP14
-//!    under 12 bytes), and a file without DHT (Motion-JPEG style) gets the
-//!    standard Annex K tables libjpeg would use. Data after the first EOI
-//!    (MPO second frames, appended ZIPs) is never looked at.
+//! 4. Rebuilds a clean stream into a reused buffer: SOI, DQT, DHT, DAC, SOF,
+//!    DRI, a well-formed Adobe APP14, then SOS and the scan data up to the
+//!    first EOI. Everything else before the first scan is dropped, so no
+//!    decoder copies EXIF/ICC/XMP blobs (no per-image allocation, no
+//!    3000-APP15 slowness), and libjpeg's tolerances are reproduced where
+//!    they are harmless: junk or `FF 00` between header markers is skipped
+//!    (libjpeg warns "extraneous bytes"), a short APP14 is ignored (libjpeg
+//!    ignores APP14 under 12 bytes), and a file without DHT (Motion-JPEG
+//!    style) gets the standard Annex K tables libjpeg would use. Data after
+//!    the first EOI (MPO second frames, appended ZIPs) is never looked at.
 //!
-//! Strictness: zune-jpeg first runs in strict mode, so a scan that ends
-//! early (truncated files) is detected rather than padded silently. On top
-//! of that the walk checks restart markers come in sequence (RST0..RST7
-//! cycling, reset at every SOS) and that the image ends with EOI. With the
-//! spec's `strict: true` each of these is a row error; with `strict: false`
-//! (the default) the row is decoded as far as possible (zune-jpeg's lenient
-//! mode pads what is missing) and the problem becomes the row's warning, so
-//! the caller can always tell. Known gap: a bit flip in
+//! [`finish_stream`] then walks the scan data: restart markers must come in
+//! sequence (RST0..RST7 cycling, reset at every SOS) and the image must end
+//! with EOI; it also counts the scans and notes quantisation tables defined
+//! between them, which is what [`zune`] needs to refuse the layouts
+//! zune-jpeg decodes wrongly.
+//!
+//! Strictness: with the spec's `strict: true` a truncated scan, corrupt
+//! entropy data, restart markers out of sequence or a missing EOI is a row
+//! error; with `strict: false` (the default) the row is decoded as far as
+//! possible (missing data padded) and the problem becomes the row's
+//! warning, so the caller can always tell. Known gap: a bit flip in
 //! entropy-coded data that still decodes to valid Huffman codes yields wrong
-//! pixels without an error, as it does in libjpeg/Pillow (zune does not
-//! check that a scan consumed exactly its data).
+//! pixels without an error, as it does in libjpeg/Pillow.
 
-use zune_core::bytestream::ZCursor;
-use zune_core::colorspace::ColorSpace;
-use zune_core::options::DecoderOptions;
-use zune_jpeg::errors::DecodeErrors;
-use zune_jpeg::JpegDecoder;
+pub(crate) mod turbo;
+pub(crate) mod zune;
+
+use pixelfeed_schema::JpegDecoder;
 
 use crate::error::RowError;
 use crate::exif::EXIF_PREFIX;
-
 /// APP1 prefix of an XMP packet.
 const XMP_PREFIX: &[u8] = b"http://ns.adobe.com/xap/1.0/\0";
 
@@ -87,6 +90,15 @@ pub(crate) struct JpegHeader<'a> {
     pub height: u32,
     /// Number of colour components (1, 3 or 4).
     pub components: u8,
+    /// The frame's components, `components` of them.
+    pub frame: Frame,
+    /// Progressive (SOF2, SOF10) rather than sequential.
+    pub progressive: bool,
+    /// Arithmetic (SOF9, SOF10) rather than Huffman coding.
+    pub arithmetic: bool,
+    /// Quantisation tables (bit per table id 0..3) defined before the first
+    /// scan.
+    pub tables_before_scan: u8,
     /// TIFF data of the first `Exif\0\0` APP1 segment.
     pub exif: Option<&'a [u8]>,
     /// Payload of the first XMP APP1 segment.
@@ -140,6 +152,8 @@ pub(crate) fn parse_header<'a>(
     let mut exif = None;
     let mut xmp = None;
     let mut has_dht = false;
+    let mut sof_marker = 0u8;
+    let mut tables = 0u8;
     loop {
         // libjpeg's next_marker(): skip anything up to an FF, then fill FFs;
         // `FF 00` is not a marker and counts as junk too.
@@ -193,23 +207,29 @@ pub(crate) fn parse_header<'a>(
         })?;
         let payload = &segment[4..];
         match marker {
-            0xC0..=0xC2 => {
+            // Baseline, extended and progressive, Huffman (SOF0-2) or
+            // arithmetic (SOF9, SOF10) coded.
+            0xC0..=0xC2 | 0xC9 | 0xCA => {
                 if frame.is_some() {
                     return Err(corrupt("two SOF markers"));
                 }
                 frame = Some(parse_sof(payload)?);
+                sof_marker = marker;
                 out.extend_from_slice(segment);
             }
-            0xC3 => return Err(unsupported("lossless")),
-            0xC5..=0xC7 => return Err(unsupported("hierarchical")),
-            // SOF9-11, DAC (0xCC), SOF13-15.
-            0xC9..=0xCF => return Err(unsupported("arithmetic coding")),
+            0xC3 | 0xCB => return Err(unsupported("lossless")),
+            0xC5..=0xC7 | 0xCD..=0xCF => return Err(unsupported("hierarchical")),
             0xDC => return Err(unsupported("DNL marker (height defined after the scan)")),
             0xC4 => {
                 has_dht = true;
                 out.extend_from_slice(segment);
             }
-            0xDB | 0xDD => out.extend_from_slice(segment),
+            0xDB => {
+                tables |= quantisation_table_ids(payload)?;
+                out.extend_from_slice(segment);
+            }
+            // DRI, DAC (arithmetic conditioning).
+            0xDD | 0xCC => out.extend_from_slice(segment),
             0xE1 => {
                 if exif.is_none() && payload.starts_with(EXIF_PREFIX) {
                     exif = Some(&payload[EXIF_PREFIX.len()..]);
@@ -230,6 +250,10 @@ pub(crate) fn parse_header<'a>(
                     width: frame.width,
                     height: frame.height,
                     components: frame.components,
+                    frame,
+                    progressive: matches!(sof_marker, 0xC2 | 0xCA),
+                    arithmetic: matches!(sof_marker, 0xC9 | 0xCA),
+                    tables_before_scan: tables,
                     exif,
                     xmp,
                     sos_offset: pos - 2,
@@ -245,12 +269,45 @@ pub(crate) fn parse_header<'a>(
 
 /// The frame header fields the walk needs.
 #[derive(Debug, Clone, Copy)]
-struct Frame {
+pub(crate) struct Frame {
     width: u32,
     height: u32,
     components: u8,
     /// Component identifiers, `components` of them.
     ids: [u8; 4],
+    /// Horizontal and vertical sampling factors (1..=4) and quantisation
+    /// table (0..=3) of each component.
+    pub sampling: [(u8, u8); 4],
+    /// The quantisation table of each component.
+    pub tables: [u8; 4],
+}
+
+impl Frame {
+    /// `(h, v, table)` of each component, in frame order.
+    pub(crate) fn components(&self) -> impl Iterator<Item = (u8, u8, u8)> + '_ {
+        (0..usize::from(self.components))
+            .map(|i| (self.sampling[i].0, self.sampling[i].1, self.tables[i]))
+    }
+}
+
+/// The table ids (bit per id) a DQT payload defines; a malformed one is
+/// corrupt (libjpeg would refuse it too).
+fn quantisation_table_ids(mut p: &[u8]) -> Result<u8, RowError> {
+    let mut ids = 0u8;
+    while let Some((&pq_tq, rest)) = p.split_first() {
+        let (precision, id) = (pq_tq >> 4, pq_tq & 0x0F);
+        if id > 3 || precision > 1 {
+            return Err(corrupt(format!(
+                "DQT defines table {id} with precision {precision}"
+            )));
+        }
+        let len = if precision == 0 { 64 } else { 128 };
+        p = rest
+            .get(len..)
+            .ok_or_else(|| corrupt("DQT segment shorter than its tables"))?;
+        ids |= 1 << id;
+    }
+    Ok(ids)
 }
 
 /// Validates an SOF0/1/2 payload.
@@ -282,8 +339,12 @@ fn parse_sof(p: &[u8]) -> Result<Frame, RowError> {
         return Err(unsupported(format!("{n} colour components")));
     }
     let mut ids = [0u8; 4];
+    let mut sampling = [(0u8, 0u8); 4];
+    let mut tables = [0u8; 4];
     for (i, c) in p[6..].chunks_exact(3).enumerate() {
         ids[i] = c[0];
+        sampling[i] = (c[1] >> 4, c[1] & 0x0F);
+        tables[i] = c[2];
         if ids[..i].contains(&c[0]) {
             return Err(corrupt(format!("component id {} appears twice", c[0])));
         }
@@ -306,6 +367,8 @@ fn parse_sof(p: &[u8]) -> Result<Frame, RowError> {
         height,
         components: n,
         ids,
+        sampling,
+        tables,
     })
 }
 
@@ -331,19 +394,30 @@ fn check_sos(p: &[u8], frame: &Frame) -> Result<(), RowError> {
     Ok(())
 }
 
+/// What the scan walk of [`finish_stream`] found besides the warning.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct ScanFacts {
+    /// What a lenient (`strict == false`) caller gets for what strict mode
+    /// would refuse (restart markers out of sequence, no EOI).
+    pub warning: Option<String>,
+    /// Scans (SOS markers) in the image.
+    pub scans: u32,
+    /// Quantisation tables (bit per id) defined after the first scan began.
+    pub tables_after_scan: u8,
+}
+
 /// Appends the scan data (first SOS up to and including the first EOI, or
 /// to the end when there is no EOI) to `out`, inserting the standard
-/// Huffman tables first when the header had none, and checks the restart
-/// marker sequence and the EOI on the way. Returns the warning a lenient
-/// (`strict == false`) caller gets for what strict mode would refuse.
+/// Huffman tables first when a Huffman-coded header had none, and checks the
+/// restart marker sequence and the EOI on the way.
 pub(crate) fn finish_stream(
     data: &[u8],
     header: &JpegHeader<'_>,
     out: &mut Vec<u8>,
     strict: bool,
-) -> Result<Option<String>, RowError> {
+) -> Result<ScanFacts, RowError> {
     let scan = check_scan_markers(data, header.sos_offset);
-    if !header.has_dht {
+    if !header.has_dht && !header.arithmetic {
         out.extend_from_slice(&STANDARD_DHT);
     }
     out.extend_from_slice(&data[header.sos_offset..scan.end]);
@@ -352,11 +426,16 @@ pub(crate) fn finish_stream(
         None if !scan.eoi => Some(truncated("no EOI marker at the end of the image")),
         None => None,
     };
-    match problem {
-        Some(problem) if strict => Err(problem),
-        Some(problem) => Ok(Some(problem.to_string())),
-        None => Ok(None),
-    }
+    let warning = match problem {
+        Some(problem) if strict => return Err(problem),
+        Some(problem) => Some(problem.to_string()),
+        None => None,
+    };
+    Ok(ScanFacts {
+        warning,
+        scans: scan.scans,
+        tables_after_scan: scan.tables,
+    })
 }
 
 /// What [`check_scan_markers`] found.
@@ -367,28 +446,36 @@ struct ScanEnd {
     eoi: bool,
     /// The first restart marker out of sequence, if any.
     problem: Option<RowError>,
+    /// SOS markers seen.
+    scans: u32,
+    /// Quantisation table ids (bit per id) defined between scans.
+    tables: u8,
 }
 
 /// Walks the entropy-coded data from the SOS at `sos`: restart markers must
-/// cycle RST0..RST7 within each scan.
+/// cycle RST0..RST7 within each scan. Counts scans and notes tables defined
+/// between them.
 fn check_scan_markers(data: &[u8], sos: usize) -> ScanEnd {
     let mut expected = 0u8;
     let mut problem = None;
+    let (mut scans, mut tables) = (0u32, 0u8);
     let mut pos = sos;
-    let to_the_end = |problem| ScanEnd {
+    let to_the_end = |problem, scans, tables| ScanEnd {
         end: data.len(),
         eoi: false,
         problem,
+        scans,
+        tables,
     };
     loop {
         // memchr: SIMD search; this walk reads every byte of the scan data
         // (2–3 % of a row's time with a byte-by-byte search).
         let Some(ff) = data.get(pos..).and_then(|rest| memchr::memchr(0xFF, rest)) else {
-            return to_the_end(problem);
+            return to_the_end(problem, scans, tables);
         };
         pos += ff;
         let Some(&m) = data.get(pos + 1) else {
-            return to_the_end(problem);
+            return to_the_end(problem, scans, tables);
         };
         match m {
             // Stuffed zero or a fill byte: not a marker.
@@ -409,105 +496,86 @@ fn check_scan_markers(data: &[u8], sos: usize) -> ScanEnd {
                     end: pos + 2,
                     eoi: true,
                     problem,
+                    scans,
+                    tables,
                 }
             }
             _ => {
                 // A segment between scans (SOS, DHT, DQT, DRI, APPn, COM):
-                // skip it by its length. A bad length is left for zune-jpeg
-                // to report; the check simply stops here.
-                if m == 0xDA {
-                    expected = 0;
-                }
+                // skip it by its length. A bad length is left for the
+                // decoder to report; the check simply stops here.
                 let Some(len) = data.get(pos + 2..pos + 4) else {
-                    return to_the_end(problem);
+                    return to_the_end(problem, scans, tables);
                 };
-                pos += 2 + usize::from(u16::from_be_bytes([len[0], len[1]]));
+                let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+                match m {
+                    0xDA => {
+                        expected = 0;
+                        scans += 1;
+                    }
+                    0xDB => {
+                        let payload = data.get(pos + 4..pos + 2 + len).unwrap_or_default();
+                        tables |= quantisation_table_ids(payload).unwrap_or(0);
+                    }
+                    _ => {}
+                }
+                pos += 2 + len;
                 if pos > data.len() {
-                    return to_the_end(problem);
+                    return to_the_end(problem, scans, tables);
                 }
             }
         }
     }
 }
 
-/// Decodes the rebuilt stream into `dst` (resized as needed): 1 byte per
-/// pixel for single-component files, else RGB (zune converts YCbCr, and
-/// CMYK/YCCK with the Adobe inverted convention, as Pillow does). Returns
-/// the channel count, and with `strict == false` the warning of a stream
-/// that decoded only in zune-jpeg's lenient mode.
+/// What a decoder made of the stream.
+#[derive(Debug)]
+pub(crate) struct Decoded {
+    /// Width of the decoded image (stored orientation; at the draft scale).
+    pub width: u32,
+    /// Height of the decoded image.
+    pub height: u32,
+    /// 1 (gray) or 3 (RGB) interleaved channels.
+    pub channels: usize,
+    /// The scale it was decoded at: 1, or 2, 4, 8 for a draft.
+    pub scale: u32,
+    /// The decoder's own warning, when the image decoded only with recovery.
+    pub warning: Option<String>,
+}
+
+/// Decodes the cleaned `stream` of the frame `header` describes with
+/// `decoder` (resolved: never [`JpegDecoder::Auto`]) into `dst`, at 1/`scale`
+/// (1, 2, 4, 8; only libjpeg-turbo scales) and to 1 byte per pixel for
+/// single-component files, else RGB (CMYK and YCCK converted as Pillow's
+/// `convert('RGB')` does).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn decode(
     stream: &[u8],
     header: &JpegHeader<'_>,
+    facts: &ScanFacts,
+    decoder: JpegDecoder,
+    scale: u32,
+    strict: bool,
     max_side: usize,
     dst: &mut Vec<u8>,
-    strict: bool,
-) -> Result<(usize, Option<String>), RowError> {
-    match decode_with(stream, header, max_side, dst, true) {
-        Ok(channels) => Ok((channels, None)),
-        // Header-level and internal problems are not recoverable.
-        Err(e @ (RowError::TruncatedJpeg(_) | RowError::JpegDecode(_))) if !strict => {
-            let channels =
-                decode_with(stream, header, max_side, dst, false).map_err(|_| e.clone())?;
-            Ok((channels, Some(format!("decoded with recovery: {e}"))))
+) -> Result<Decoded, RowError> {
+    match decoder {
+        JpegDecoder::LibjpegTurbo => turbo::decode(stream, header, scale, strict, dst),
+        JpegDecoder::ZuneJpeg => {
+            zune::check_layout(header, facts)?;
+            let (channels, warning) = zune::decode(stream, header, max_side, dst, strict)?;
+            Ok(Decoded {
+                width: header.width,
+                height: header.height,
+                channels,
+                scale: 1,
+                warning,
+            })
         }
-        Err(e) => Err(e),
+        JpegDecoder::Auto => Err(RowError::Internal(
+            "the JPEG decoder was not resolved before decoding".into(),
+        )),
     }
-}
-
-fn decode_with(
-    stream: &[u8],
-    header: &JpegHeader<'_>,
-    max_side: usize,
-    dst: &mut Vec<u8>,
-    strict: bool,
-) -> Result<usize, RowError> {
-    let (colorspace, channels) = if header.components == 1 {
-        (ColorSpace::Luma, 1)
-    } else {
-        (ColorSpace::RGB, 3)
-    };
-    let options = DecoderOptions::default()
-        .set_strict_mode(strict)
-        .set_max_width(max_side)
-        .set_max_height(max_side)
-        .jpeg_set_out_colorspace(colorspace);
-    let mut decoder = JpegDecoder::new_with_options(ZCursor::new(stream), options);
-    decoder.decode_headers().map_err(decode_error)?;
-    let (w, h) = decoder
-        .dimensions()
-        .ok_or_else(|| RowError::Internal("JPEG headers decoded but no dimensions".into()))?;
-    if (w as u64, h as u64) != (u64::from(header.width), u64::from(header.height)) {
-        return Err(RowError::Internal(format!(
-            "JPEG frame size {}x{} read as {w}x{h} by the decoder",
-            header.width, header.height
-        )));
-    }
-    let len = w * h * channels;
-    if decoder.output_buffer_size() != Some(len) {
-        return Err(RowError::Internal(
-            "unexpected JPEG output buffer size".into(),
-        ));
-    }
-    if dst.len() < len {
-        dst.resize(len, 0);
-    }
-    decoder.decode_into(&mut dst[..len]).map_err(decode_error)?;
-    Ok(channels)
-}
-
-fn decode_error(e: DecodeErrors) -> RowError {
-    let msg = match &e {
-        DecodeErrors::ExhaustedData => {
-            return truncated("scan data ends before the image is complete")
-        }
-        DecodeErrors::Format(s) => s.clone(),
-        DecodeErrors::FormatStatic(s) => (*s).to_string(),
-        other => format!("{other:?}"),
-    };
-    if msg.contains("Premature end of buffer") || msg.contains("Not enough bytes") {
-        return truncated(msg.trim().to_string());
-    }
-    RowError::JpegDecode(msg.trim().to_string())
 }
 
 #[cfg(test)]
@@ -582,7 +650,10 @@ mod tests {
         assert!(msg(&[0xFF, 0xD8, 0xFF, 0xE1, 0xFF, 0xFF, 0]).starts_with("truncated JPEG"));
         let mut arith = minimal(8, 8, &[], &[]);
         arith[3] = 0xC9;
-        assert_eq!(msg(&arith), "unsupported JPEG: arithmetic coding");
+        assert!(header_of(&arith).unwrap().arithmetic);
+        let mut arith_lossless = minimal(8, 8, &[], &[]);
+        arith_lossless[3] = 0xCB;
+        assert_eq!(msg(&arith_lossless), "unsupported JPEG: lossless");
         let mut lossless = minimal(8, 8, &[], &[]);
         lossless[3] = 0xC3;
         assert_eq!(msg(&lossless), "unsupported JPEG: lossless");
@@ -652,13 +723,19 @@ mod tests {
             let h = parse_header(data, &mut out).unwrap();
             let mut strict_out = out.clone();
             let strict = finish_stream(data, &h, &mut strict_out, true).unwrap_err();
-            let warning = finish_stream(data, &h, &mut out, false).unwrap().unwrap();
+            let warning = finish_stream(data, &h, &mut out, false)
+                .unwrap()
+                .warning
+                .unwrap();
             assert_eq!(warning, strict.to_string());
         }
         let mut out = Vec::new();
         let good = minimal(8, 8, &[], &[1, 0xFF, 0xD9]);
         let h = parse_header(&good, &mut out).unwrap();
-        assert_eq!(finish_stream(&good, &h, &mut out, true).unwrap(), None);
+        assert_eq!(
+            finish_stream(&good, &h, &mut out, true).unwrap().warning,
+            None
+        );
     }
 
     #[test]

@@ -1,90 +1,76 @@
-//! Draft decoding: a JPEG decoded straight at 1/2, 1/4 or 1/8 of its size
-//! in the DCT domain, by libjpeg-turbo (cargo feature `turbojpeg`); at full
-//! size when the resize does not shrink it 2× (still by libjpeg-turbo, so a
-//! draft spec gives Pillow's decoder's pixels throughout).
+//! libjpeg-turbo 3 (cargo feature `turbojpeg`, on by default): the JPEG
+//! decoder of every documented build, at full size or, for a `draft`
+//! spec, straight at 1/2, 1/4 or 1/8 of the size in the DCT domain.
 //!
-//! This is what Pillow's `Image.draft` does, and the only way to decode a
-//! large photo much faster than in full: the entropy decoding is the same,
-//! but the inverse DCT, upsampling and colour conversion run on 1/4, 1/16
-//! or 1/64 of the pixels, and the resize that follows starts from a small
-//! image. zune-jpeg (the decoder of non-draft specs) has no scaled output,
-//! so the draft path uses libjpeg-turbo 3.1, built from the turbojpeg-sys crate's
-//! bundled source: the same library, IDCT (`JDCT_ISLOW`) and fancy
-//! upsampling as Pillow's wheels, so drafted pixels equal Pillow's.
+//! It is the library inside Pillow's wheels, with the same IDCT
+//! (`JDCT_ISLOW`) and fancy upsampling, so its pixels are Pillow's: the
+//! reference the tests hold every decoder to. It also decodes what
+//! zune-jpeg gets wrong (multi-scan sequential layouts, odd sampling
+//! factors, tables between scans) and arithmetic coding, and it is faster
+//! (ARCHITECTURE.md and the README's benchmarks have the measurements).
+//! Built from the turbojpeg-sys crate's bundled source (3.1) with cmake and
+//! nasm, linked statically.
 //!
-//! The stream handed over is the one [`super::jpeg`] rebuilt after its
-//! header walk and limit checks, so everything that module refuses is
-//! refused here too before libjpeg-turbo sees a byte. libjpeg-turbo
-//! reports recoverable damage (a truncated scan, corrupt entropy data) as
-//! a warning: with `strict` the first one stops decoding and the row is an
+//! The stream handed over is the one [`super`] rebuilt after its header
+//! walk and limit checks, so everything that module refuses is refused
+//! here too before libjpeg-turbo sees a byte. libjpeg-turbo reports
+//! recoverable damage (a truncated scan, corrupt entropy data) as a
+//! warning: with `strict` the first one stops decoding and the row is an
 //! error; otherwise the decoded (padded) image is kept with the warning.
 //! Progressive files are held to [`SCAN_LIMIT`] scans, libjpeg-turbo's
-//! guard against scan-bomb files that take minutes to decode.
+//! guard against scan-bomb files that take minutes to decode. CMYK and YCCK
+//! frames are decoded to CMYK and converted as Pillow does
+//! ([`crate::color::cmyk_to_rgb`]).
 //!
-//! Without the feature, [`AVAILABLE`] is false and the engine refuses draft
-//! specs before any row runs (`super::check_spec`).
+//! Without the feature, [`AVAILABLE`] is false and the engine resolves
+//! specs to zune-jpeg, or refuses those that need libjpeg-turbo.
 
+use super::{Decoded, JpegHeader};
 use crate::error::RowError;
-use crate::jpeg::JpegHeader;
 
-/// Whether this build can decode drafts.
+/// Whether this build has libjpeg-turbo.
 pub(crate) const AVAILABLE: bool = cfg!(feature = "turbojpeg");
+
+/// The decoder and its version, for `stats` and logs.
+pub(crate) const NAME: &str = "libjpeg-turbo 3.1";
 
 /// Most scans a progressive JPEG may have (libjpeg-turbo's `djpeg
 /// -maxscans` advice; real encoders write about 10).
 #[cfg_attr(not(feature = "turbojpeg"), allow(dead_code))]
 const SCAN_LIMIT: i32 = 500;
 
-/// Whether a frame can be drafted: gray or YCbCr/RGB (CMYK and YCCK are
-/// decoded in full by zune-jpeg, which converts them to RGB).
-pub(crate) fn can_draft(header: &JpegHeader<'_>) -> bool {
-    matches!(header.components, 1 | 3)
-}
-
-/// A decoded draft.
-#[derive(Debug)]
-pub(crate) struct Draft {
-    /// Width of the decoded image (stored orientation).
-    pub width: u32,
-    /// Height of the decoded image (stored orientation).
-    pub height: u32,
-    /// 1 (gray) or 3 (RGB) interleaved channels.
-    pub channels: usize,
-    /// libjpeg-turbo's warning, when the image decoded only with recovery.
-    pub warning: Option<String>,
-}
-
-/// Decodes `stream` (the cleaned stream of a frame described by `header`,
-/// with `can_draft(header)`) at 1/`scale` (1, 2, 4 or 8) into `dst`.
-/// Without the feature it fails; unreachable, because the engine refuses
-/// draft specs first.
+/// Decodes `stream` (the cleaned stream of the frame `header` describes)
+/// at 1/`scale` (1, 2, 4 or 8) into `dst`: gray stays one channel, YCbCr,
+/// RGB, CMYK and YCCK become RGB. Without the feature it fails; unreachable,
+/// because specs resolve to zune-jpeg then.
 pub(crate) fn decode(
     stream: &[u8],
     header: &JpegHeader<'_>,
     scale: u32,
     strict: bool,
     dst: &mut Vec<u8>,
-) -> Result<Draft, RowError> {
+) -> Result<Decoded, RowError> {
     #[cfg(feature = "turbojpeg")]
     {
-        turbo::decode(stream, header, scale, strict, dst)
+        ffi::decode(stream, header, scale, strict, dst)
     }
     #[cfg(not(feature = "turbojpeg"))]
     {
         let _ = (stream, header, scale, strict, dst);
         Err(RowError::Internal(
-            "draft decoding is not built in (cargo feature `turbojpeg`)".into(),
+            "libjpeg-turbo is not built in (cargo feature `turbojpeg`)".into(),
         ))
     }
 }
 
 #[cfg(feature = "turbojpeg")]
-mod turbo {
+mod ffi {
     use std::ffi::{c_int, CStr};
 
     use turbojpeg_sys as tj;
 
-    use super::{Draft, SCAN_LIMIT};
+    use super::{Decoded, SCAN_LIMIT};
+    use crate::color::cmyk_to_rgb;
     use crate::error::RowError;
     use crate::jpeg::JpegHeader;
 
@@ -149,13 +135,15 @@ mod turbo {
         scale: u32,
         strict: bool,
         dst: &mut Vec<u8>,
-    ) -> Result<Draft, RowError> {
-        let (format, channels) = match header.components {
-            1 => (tj::TJPF_TJPF_GRAY, 1),
-            3 => (tj::TJPF_TJPF_RGB, 3),
+    ) -> Result<Decoded, RowError> {
+        // Decoded pixel format, bytes per decoded pixel, channels returned.
+        let (format, decoded, channels) = match header.components {
+            1 => (tj::TJPF_TJPF_GRAY, 1, 1),
+            3 => (tj::TJPF_TJPF_RGB, 3, 3),
+            4 => (tj::TJPF_TJPF_CMYK, 4, 3),
             n => {
                 return Err(RowError::Internal(format!(
-                    "cannot draft a {n}-component JPEG"
+                    "cannot decode a {n}-component JPEG"
                 )))
             }
         };
@@ -163,7 +151,7 @@ mod turbo {
             return Err(RowError::Internal(format!("no 1/{scale} draft scale")));
         }
         let (width, height) = scaled_size(header.width, header.height, scale);
-        let pitch = width as usize * channels;
+        let pitch = width as usize * decoded;
         let len = pitch * height as usize;
         if dst.len() < len {
             dst.resize(len, 0);
@@ -243,10 +231,15 @@ mod turbo {
                     handle.message()
                 )));
             };
-            Ok(Draft {
+            if header.components == 4 {
+                // In place: pixel i's RGB lands at 3i, at or before its CMYK at 4i.
+                cmyk_to_rgb(&mut dst[..len], width as usize * height as usize);
+            }
+            Ok(Decoded {
                 width,
                 height,
                 channels,
+                scale,
                 warning,
             })
         }
@@ -259,7 +252,7 @@ mod tests {
     use crate::jpeg;
 
     /// A bundled 4:2:0 progressive photo (tests/data/images/ATTRIBUTION.tsv).
-    const PHOTO: &[u8] = include_bytes!("../../tests/data/images/china_progressive_420_q90.jpg");
+    const PHOTO: &[u8] = include_bytes!("../../../tests/data/images/china_progressive_420_q90.jpg");
 
     /// The cleaned stream and header of `data`, as the pipeline prepares them.
     fn prepared(data: &[u8]) -> (Vec<u8>, jpeg::JpegHeader<'_>) {
@@ -276,7 +269,7 @@ mod tests {
         // independent decoder) averaged the same way.
         let (stream, header) = prepared(PHOTO);
         let mut full = Vec::new();
-        let (channels, _) = jpeg::decode(&stream, &header, 1 << 20, &mut full, true).unwrap();
+        let (channels, _) = jpeg::zune::decode(&stream, &header, 1 << 20, &mut full, true).unwrap();
         assert_eq!(channels, 3);
         let (w, h) = (header.width as usize, header.height as usize);
         for scale in [1u32, 2, 4, 8] {
@@ -287,7 +280,7 @@ mod tests {
                 (d.width, d.height),
                 (header.width.div_ceil(scale), header.height.div_ceil(scale))
             );
-            assert_eq!((d.channels, d.warning), (3, None));
+            assert_eq!((d.channels, d.scale, d.warning), (3, scale, None));
             let (dw, dh) = (d.width as usize, d.height as usize);
             let mut total = 0.0;
             for y in 0..h / s {
