@@ -13,11 +13,16 @@ Methods (every one turns encoded bytes already in memory into tensors):
                 ToTensor, Normalize) in the same pool; skipped without torch
   decode_only   Pillow Image.open().load() (libjpeg-turbo) only, same pool:
                 the practical ceiling of a CPU decoder
+  decode_only_draft  Pillow draft('RGB', (256, 256)) + load() only: the
+                ceiling at the DCT scale engine_draft decodes at; large set
   pillow_draft  `pillow` after Image.draft('RGB', (256, 256)) (libjpeg-turbo
                 DCT-domain downscale); large set only
   engine        pixelfeed_engine::process_batch in-process, rayon pool
                 of `cores` threads (engine/examples/engine_bench.rs),
-                imagenet preset (float32 CHW, normalised)
+                imagenet preset (float32 CHW, normalised); the default JPEG
+                decoder, libjpeg-turbo
+  engine_zune   same, "decoder": "zune-jpeg" (the pure-Rust fallback), for
+                reference
   engine_u8     same engine, flight_u8's spec (the like-for-like baseline
                 of flight_u8)
   engine_draft  same engine, imagenet preset + "draft": true (libjpeg-turbo
@@ -91,11 +96,13 @@ STD = (0.229, 0.224, 0.225)
 SPEC_F32: Dict[str, Any] = {"preset": "imagenet"}
 SPEC_U8: Dict[str, Any] = {"preset": "imagenet", "dtype": "uint8", "layout": "hwc", "normalize": None}
 SPEC_DRAFT: Dict[str, Any] = {"preset": "imagenet", "draft": True}
+SPEC_ZUNE: Dict[str, Any] = {"preset": "imagenet", "decoder": "zune-jpeg"}
 
 METHODS_BY_SET = {
-    "imagenet": ["pillow", "torchvision", "decode_only", "engine", "engine_draft", "engine_u8", "flight_f32",
+    "imagenet": ["pillow", "torchvision", "decode_only", "engine", "engine_zune", "engine_draft", "engine_u8", "flight_f32",
                  "flight_u8"],
-    "large": ["pillow", "pillow_draft", "torchvision", "decode_only", "engine", "engine_draft", "engine_u8",
+    "large": ["pillow", "pillow_draft", "torchvision", "decode_only", "decode_only_draft", "engine", "engine_zune",
+              "engine_draft", "engine_u8",
               "flight_f32", "flight_draft", "flight_u8"],
 }
 
@@ -103,11 +110,14 @@ METHODS_BY_SET = {
 RATIOS = [
     ("engine/torchvision", "engine", "torchvision", "imagenet", ">=", 2.0, "ips"),
     ("engine/decode_only", "engine", "decode_only", "imagenet", ">=", 0.9, "ips"),
-    ("engine_draft/decode_only (libjpeg-turbo decode)", "engine_draft", "decode_only", "imagenet", None, None, "ips"),
+    ("engine_zune/decode_only (pure-Rust fallback)", "engine_zune", "decode_only", "imagenet", None, None, "ips"),
+    ("engine_draft/decode_only", "engine_draft", "decode_only", "imagenet", None, None, "ips"),
     ("flight_u8/engine_u8", "flight_u8", "engine_u8", "imagenet", ">=", 0.85, "ips"),
     ("flight_u8/engine (f32 engine row; for reference)", "flight_u8", "engine", "imagenet", None, None, "ips"),
     ("flight_f32/engine", "flight_f32", "engine", "imagenet", None, None, "ips"),
     ("flight_f32/torchvision", "flight_f32", "torchvision", "imagenet", ">=", 1.5, "ips"),
+    ("large engine_draft/decode_only_draft (same DCT scale)", "engine_draft", "decode_only_draft", "large", ">=",
+     0.9, "ips"),
     ("large engine_draft/pillow_draft", "engine_draft", "pillow_draft", "large", ">=", 2.0, "ips"),
     ("large flight_draft/pillow_draft", "flight_draft", "pillow_draft", "large", None, None, "ips"),
     ("large engine (full decode)/pillow_draft", "engine", "pillow_draft", "large", None, None, "ips"),
@@ -191,7 +201,7 @@ def percentile(xs: List[float], q: float) -> float:
 
 
 # ----------------------------------------------------------------------------
-# Process-pool methods (pillow, torchvision, decode_only, pillow_draft)
+# Process-pool methods (pillow, torchvision, decode_only, decode_only_draft, pillow_draft)
 # ----------------------------------------------------------------------------
 
 # Set in the parent before the pool forks; the workers inherit them.
@@ -228,10 +238,16 @@ def _make_transform(kind: str) -> Callable[[bytes], Any]:
     import numpy as np
     from PIL import Image
 
-    if kind == "decode_only":
+    if kind in ("decode_only", "decode_only_draft"):
+        draft = kind == "decode_only_draft"
 
         def decode(b: bytes) -> None:
-            Image.open(io.BytesIO(b)).load()
+            img = Image.open(io.BytesIO(b))
+            if draft:
+                # The scale engine_draft decodes at: the largest keeping both
+                # sides >= 256 (the imagenet preset's resize).
+                img.draft("RGB", (256, 256))
+            img.load()
             return None
 
         return decode
@@ -391,7 +407,7 @@ def run_engine(bins: Dict[str, Path], spec: Dict[str, Any], folder: Path, cores:
     with Window() as window:
         done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
-        if "built without draft decoding" in done.stderr:
+        if "built without libjpeg-turbo" in done.stderr:
             raise DraftUnavailable()
         die(f"engine_bench failed ({done.returncode}): {done.stderr.strip()}")
     r = json.loads(done.stdout)
@@ -464,7 +480,7 @@ def run_flight(server: Server, spec: Dict[str, Any], images: List[bytes], cfg: "
         try:
             drain(client.preprocess(slices[:2], spec=spec, batch_size=BATCH))  # warm-up
         except Exception as e:  # pyarrow.ArrowInvalid / FlightError, by pyarrow version
-            if "built without draft decoding" in str(e):
+            if "built without libjpeg-turbo" in str(e):
                 raise DraftUnavailable() from e
             raise
 
@@ -518,11 +534,14 @@ class Config:
 
 
 def cargo_features() -> List[str]:
-    """Draft decoding (`turbojpeg`) when its build tools are there; same rule as scripts/features.sh."""
-    if shutil.which("cmake") and shutil.which("nasm"):
-        return ["--features", "turbojpeg"]
-    print("cmake or nasm missing: building without draft decoding (engine_draft/flight_draft will be skipped)",
-          file=sys.stderr, flush=True)
+    """The build of scripts/features.sh: libjpeg-turbo (needs cmake and nasm), or the pure-Rust
+    fallback with PIXELFEED_PURE_RUST=1 (the draft methods are then skipped)."""
+    if os.environ.get("PIXELFEED_PURE_RUST") == "1":
+        return ["--no-default-features"]
+    missing = [tool for tool in ("cmake", "nasm") if shutil.which(tool) is None]
+    if missing:
+        die(f"building libjpeg-turbo needs {' and '.join(missing)} (apt-get install cmake nasm), "
+            "or set PIXELFEED_PURE_RUST=1 to bench the pure-Rust fallback")
     return []
 
 
@@ -636,12 +655,14 @@ def main() -> None:
                         skipped[s][m] = "torch/torchvision not installed (no CPU wheel on this machine's index)"
                         continue
                     if m in ("engine_draft", "flight_draft") and draft_unavailable:
-                        skipped[s][m] = "binaries built without draft decoding (cargo feature turbojpeg)"
+                        skipped[s][m] = "binaries built without libjpeg-turbo (PIXELFEED_PURE_RUST=1): no draft decoding"
                         continue
                     t = time.perf_counter()
                     try:
                         if m == "engine":
                             r = run_engine(bins, SPEC_F32, folder, args.cores, cfg)
+                        elif m == "engine_zune":
+                            r = run_engine(bins, SPEC_ZUNE, folder, args.cores, cfg)
                         elif m == "engine_draft":
                             r = run_engine(bins, SPEC_DRAFT, folder, args.cores, cfg)
                         elif m == "engine_u8":
@@ -656,7 +677,7 @@ def main() -> None:
                             r = run_pool(m, images, args.cores, cfg)
                     except DraftUnavailable:
                         draft_unavailable = True
-                        skipped[s][m] = "binaries built without draft decoding (cargo feature turbojpeg)"
+                        skipped[s][m] = "binaries built without libjpeg-turbo (PIXELFEED_PURE_RUST=1): no draft decoding"
                         continue
                     raw[s].setdefault(m, []).append(r)
                     print(f"[round {rnd + 1}/{cfg.rounds}] {s:<8} {m:<12} {r['ips']:8.1f} img/s "

@@ -6,7 +6,9 @@
 #     caught, memory errors in unsafe code only with ASan
 # Needs a nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`).
 # Seeds: fuzz/seeds/spec (specs); tests/data/images and, when present,
-# ../shared/corpus/{hostile,real} (images; read only). New inputs go to
+# ../shared/corpus/{hostile,real} (images; read only); for jpeg_differential
+# also the JPEG layout matrix (tests/python/jpeg_matrix.py, generated into
+# fuzz/seeds-jpeg-matrix when cjpeg/jpegtran are installed). New inputs go to
 # fuzz/corpus/<target>, crashes to fuzz/artifacts/<target> (both ignored by
 # git); a crash fails the run and prints the reproducer path.
 set -euo pipefail
@@ -22,10 +24,23 @@ for d in "$shared/hostile" "$shared/real"; do
   [ -d "$d" ] && decode_seeds+=("$d")
 done
 sanitizer="${PIXELFEED_FUZZ_SANITIZER:-address}"
-mkdir -p corpus/decode corpus/spec
+mkdir -p corpus/decode corpus/spec corpus/jpeg_differential
+jpeg_seeds=(../tests/data/images)
+[ -d "$shared/real" ] && jpeg_seeds+=("$shared/real")
+[ -d "$shared/derived" ] && jpeg_seeds+=("$shared/derived")
+py="${PYTHON:-../.venv/bin/python}"
+[ -x "$py" ] || py=python3
+if "$py" ../tests/python/jpeg_matrix.py seeds-jpeg-matrix --no-validate >/dev/null 2>&1; then
+  rm -f seeds-jpeg-matrix/*.ppm seeds-jpeg-matrix/MANIFEST.tsv
+  jpeg_seeds+=(seeds-jpeg-matrix)
+fi
 # AddressSanitizer (cargo-fuzz's default): the output block path has unsafe
 # code; libFuzzer also catches panics, hangs (-timeout) and OOMs.
 cargo +nightly fuzz run -s "$sanitizer" decode corpus/decode "${decode_seeds[@]}" -- \
   -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
 cargo +nightly fuzz run -s "$sanitizer" spec corpus/spec seeds/spec -- \
   -max_total_time="$secs" -timeout=10 -print_final_stats=1
+# Differential: zune-jpeg against libjpeg-turbo on mutated JPEGs; a
+# disagreement between two clean decodes is a crash with its reproducer.
+cargo +nightly fuzz run -s "$sanitizer" jpeg_differential corpus/jpeg_differential "${jpeg_seeds[@]}" -- \
+  -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1

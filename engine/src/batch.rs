@@ -776,6 +776,47 @@ mod tests {
         assert_eq!(row_u8(&out, 1).len(), 224 * 224);
     }
 
+    #[test]
+    fn decoding_only_the_needed_region_changes_no_output() {
+        let names: Vec<String> = std::fs::read_dir(pixelfeed_testkit::images_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".jpg"))
+            .collect();
+        let rows: Vec<Option<Vec<u8>>> = names.iter().map(|n| Some(image(n))).collect();
+        let specs = [
+            json!({"preset": "imagenet"}),
+            json!({"preset": "imagenet", "draft": true}),
+            json!({"preset": "imagenet_train", "seed": 3}),
+            json!({"resize": {"mode": "exact", "height": 50, "width": 70}, "filter": "bicubic"}),
+            json!({"resize": {"mode": "fit", "height": 64, "width": 64}, "filter": "lanczos3"}),
+            json!({"resize": {"mode": "shorter_side", "size": 96}, "filter": "nearest",
+                   "crop": {"mode": "box", "top": -7, "left": 30, "height": 40, "width": 50}}),
+            json!({"resize": {"mode": "none"}, "crop": {"mode": "box", "top": 20, "left": 33,
+                   "height": 64, "width": 48}, "dtype": "uint8", "layout": "hwc"}),
+            json!({"resize": {"mode": "longer_side", "size": 300}, "color": "gray",
+                   "crop": {"mode": "center", "height": 200, "width": 120}, "draft": true}),
+        ];
+        for value in specs {
+            let spec = TransformSpec::from_value(&value).unwrap();
+            let cropped = run(&batch_of(&rows), &spec);
+            crate::row::DECODE_WHOLE.store(true, std::sync::atomic::Ordering::Relaxed);
+            let whole = run(&batch_of(&rows), &spec);
+            crate::row::DECODE_WHOLE.store(false, std::sync::atomic::Ordering::Relaxed);
+            assert_eq!(errors(&cropped), vec![None; rows.len()], "{value}");
+            let (a, b) = (
+                cropped.column_by_name("tensor").unwrap(),
+                whole.column_by_name("tensor").unwrap(),
+            );
+            for (i, name) in names.iter().enumerate() {
+                assert!(
+                    a.as_fixed_size_list().value(i) == b.as_fixed_size_list().value(i),
+                    "{name}: {value}"
+                );
+            }
+        }
+    }
+
     mod properties {
         use super::*;
         use pixelfeed_testkit::any_spec;

@@ -12,6 +12,8 @@
 //! | 7    | TRANSVERSE        | (w-1-y, h-1-x)                          |
 //! | 8    | ROTATE_90 (CCW)   | (w-1-y, x)                              |
 
+use crate::geometry::Rect;
+
 /// An EXIF orientation, 1..=8. Anything else in the file maps to
 /// [`Orientation::Normal`], as Pillow does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +80,69 @@ impl Orientation {
         } else {
             (height, width)
         }
+    }
+
+    /// The stored pixel `(sx, sy)` shown at oriented `(x, y)`, for an image
+    /// stored `height` × `width` (the table above).
+    fn stored_pixel(self, (x, y): (u32, u32), height: u32, width: u32) -> (u32, u32) {
+        let (w1, h1) = (width - 1, height - 1);
+        match self {
+            Self::Normal => (x, y),
+            Self::FlipH => (w1 - x, y),
+            Self::Rotate180 => (w1 - x, h1 - y),
+            Self::FlipV => (x, h1 - y),
+            Self::Transpose => (y, x),
+            Self::Rotate90Cw => (y, h1 - x),
+            Self::Transverse => (w1 - y, h1 - x),
+            Self::Rotate90Ccw => (w1 - y, x),
+        }
+    }
+
+    /// Where stored pixel `(sx, sy)` is shown, for an image stored
+    /// `height` × `width`: the inverse of [`Self::stored_pixel`].
+    fn oriented_pixel(self, (sx, sy): (u32, u32), height: u32, width: u32) -> (u32, u32) {
+        let (w1, h1) = (width - 1, height - 1);
+        match self {
+            Self::Normal => (sx, sy),
+            Self::FlipH => (w1 - sx, sy),
+            Self::Rotate180 => (w1 - sx, h1 - sy),
+            Self::FlipV => (sx, h1 - sy),
+            Self::Transpose => (sy, sx),
+            Self::Rotate90Cw => (h1 - sy, sx),
+            Self::Transverse => (h1 - sy, w1 - sx),
+            Self::Rotate90Ccw => (sy, w1 - sx),
+        }
+    }
+
+    /// The rectangle spanned by two opposite corners mapped by `map`.
+    fn map_rect(rect: Rect, map: impl Fn((u32, u32)) -> (u32, u32)) -> Rect {
+        if rect.width == 0 || rect.height == 0 {
+            return Rect {
+                width: 0,
+                height: 0,
+                ..rect
+            };
+        }
+        let (x1, y1) = map((rect.left, rect.top));
+        let (x2, y2) = map((rect.left + rect.width - 1, rect.top + rect.height - 1));
+        Rect {
+            top: y1.min(y2),
+            left: x1.min(x2),
+            height: y1.abs_diff(y2) + 1,
+            width: x1.abs_diff(x2) + 1,
+        }
+    }
+
+    /// The stored region of an image stored `height` × `width` whose
+    /// oriented copy is exactly the oriented region `rect`.
+    pub(crate) fn stored_rect(self, rect: Rect, height: u32, width: u32) -> Rect {
+        Self::map_rect(rect, |p| self.stored_pixel(p, height, width))
+    }
+
+    /// Where the stored region `rect` of an image stored `height` × `width`
+    /// is shown once oriented.
+    pub(crate) fn oriented_rect(self, rect: Rect, height: u32, width: u32) -> Rect {
+        Self::map_rect(rect, |p| self.oriented_pixel(p, height, width))
     }
 
     /// Writes the oriented copy of `src` (`width` × `height`, `channels`
@@ -196,5 +261,73 @@ mod tests {
         }
         assert_eq!(Orientation::Rotate90Cw.oriented_size(2, 3), (3, 2));
         assert_eq!(Orientation::Rotate180.oriented_size(2, 3), (2, 3));
+    }
+
+    #[test]
+    fn regions_map_between_stored_and_oriented_as_apply_does() {
+        let (w, h) = (7usize, 5usize);
+        let src: Vec<u8> = (0..w * h).map(|i| i as u8).collect();
+        let all = [
+            Orientation::Normal,
+            Orientation::FlipH,
+            Orientation::Rotate180,
+            Orientation::FlipV,
+            Orientation::Transpose,
+            Orientation::Rotate90Cw,
+            Orientation::Transverse,
+            Orientation::Rotate90Ccw,
+        ];
+        for o in all {
+            let mut full = vec![0; w * h];
+            o.apply(&src, w, h, 1, &mut full);
+            let (oh, ow) = o.oriented_size(h as u32, w as u32);
+            for stored in [
+                Rect {
+                    top: 1,
+                    left: 2,
+                    height: 3,
+                    width: 4,
+                },
+                Rect {
+                    top: 0,
+                    left: 0,
+                    height: 5,
+                    width: 7,
+                },
+                Rect {
+                    top: 4,
+                    left: 6,
+                    height: 1,
+                    width: 1,
+                },
+            ] {
+                let shown = o.oriented_rect(stored, h as u32, w as u32);
+                assert_eq!(o.stored_rect(shown, h as u32, w as u32), stored, "{o:?}");
+                // Orienting the stored part alone gives that part of the
+                // oriented image.
+                let part: Vec<u8> = (0..stored.height as usize)
+                    .flat_map(|y| {
+                        let row = (stored.top as usize + y) * w + stored.left as usize;
+                        src[row..row + stored.width as usize].to_vec()
+                    })
+                    .collect();
+                let mut oriented_part = vec![0; part.len()];
+                o.apply(
+                    &part,
+                    stored.width as usize,
+                    stored.height as usize,
+                    1,
+                    &mut oriented_part,
+                );
+                let expected: Vec<u8> = (0..shown.height as usize)
+                    .flat_map(|y| {
+                        let row = (shown.top as usize + y) * ow as usize + shown.left as usize;
+                        full[row..row + shown.width as usize].to_vec()
+                    })
+                    .collect();
+                assert_eq!(oriented_part, expected, "{o:?} {stored:?}");
+                assert!(shown.top + shown.height <= oh && shown.left + shown.width <= ow);
+            }
+        }
     }
 }

@@ -19,11 +19,11 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
 use fast_image_resize::Resizer;
-use pixelfeed_schema::{Color, TransformSpec};
+use pixelfeed_schema::{Color, Filter, TransformSpec};
 
 use crate::error::{format_mpx, format_number, RowError};
 use crate::exif::{orientation_from_tiff, orientation_from_xmp, within_limit};
-use crate::geometry::{self, Mapping, Plan};
+use crate::geometry::{self, Mapping, Plan, Rect};
 use crate::orient::Orientation;
 use crate::sniff::{first_bytes_hex, sniff, Sniffed};
 use crate::write::TensorWriter;
@@ -211,6 +211,19 @@ pub(crate) fn process_row(
     }
 }
 
+/// Tests compare cropped decodes with whole ones through this switch
+/// (cropping changes how much is decoded, never the output).
+#[cfg(test)]
+pub(crate) static DECODE_WHOLE: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+fn decode_whole() -> bool {
+    #[cfg(test)]
+    return DECODE_WHOLE.load(std::sync::atomic::Ordering::Relaxed);
+    #[cfg(not(test))]
+    false
+}
+
 /// Refuses images whose header size breaks the configured limits.
 fn check_limits(width: u32, height: u32, config: &EngineConfig) -> Result<(), RowError> {
     let pixels = u64::from(width) * u64::from(height);
@@ -277,7 +290,7 @@ fn run(
     let strict = ctx.spec.strict;
     // The draft scale the image was decoded at (1: full size).
     let mut draft = 1;
-    let (width, height, channels, orient, plan) = match sniff(data) {
+    let (width, height, view, channels, orient, plan) = match sniff(data) {
         Sniffed::Jpeg => {
             let header = jpeg::parse_header(data, &mut s.encoded)?;
             let limit = ctx.config.max_metadata_bytes;
@@ -297,36 +310,59 @@ fn run(
             let plan = checked_plan(ctx, orient.oriented_size(header.height, header.width), key)?;
             let facts = jpeg::finish_stream(data, &header, &mut s.encoded, strict)?;
             // A draft may decode at 1/2, 1/4 or 1/8, as Pillow's `draft`
-            // does for the resized size.
+            // does for the resized size; the plan is then made again for
+            // the drafted size (the geometry a Pillow user gets by resizing
+            // the drafted image).
             let scale = if ctx.spec.draft {
                 geometry::draft_scale(&plan)
             } else {
                 1
             };
+            let (width, height) = jpeg::scaled_size(header.width, header.height, scale);
+            let plan = if scale > 1 {
+                checked_plan(ctx, orient.oriented_size(height, width), key)?
+            } else {
+                plan
+            };
+            // Only the pixels the output depends on are decoded (libjpeg-
+            // turbo skips the IDCT and colour conversion of the others).
+            let needed = resize::source_needed(&plan, orient.oriented_size(height, width));
+            let region = if decode_whole() {
+                Rect {
+                    top: 0,
+                    left: 0,
+                    height,
+                    width,
+                }
+            } else {
+                orient.stored_rect(needed, height, width)
+            };
+            // RGBX when a convolution resize follows: its four-byte kernels
+            // are faster than the three-byte ones by more than the extra
+            // byte costs the decoder.
+            let rgbx = ctx.spec.color != Color::Gray
+                && ctx.spec.filter != Filter::Nearest
+                && plan.resized != (plan.source.height, plan.source.width);
             let d = jpeg::decode(
                 &s.encoded,
                 &header,
                 &facts,
-                ctx.spec.decoder,
-                scale,
-                strict,
-                ctx.max_side,
+                jpeg::Request {
+                    decoder: ctx.spec.decoder,
+                    scale,
+                    region,
+                    strict,
+                    rgbx,
+                    max_side: ctx.max_side,
+                },
                 &mut s.decoded,
             )?;
-            draft = d.scale;
-            // The plan again, for the drafted size: the geometry a Pillow
-            // user gets by resizing the drafted image.
-            let plan = if d.scale > 1 {
-                checked_plan(ctx, orient.oriented_size(d.height, d.width), key)?
-            } else {
-                plan
-            };
+            draft = scale;
             progress.warning = match (d.warning, facts.warning) {
                 (Some(decode), Some(stream)) => Some(format!("{decode}; {stream}")),
                 (decode, stream) => decode.or(stream),
             };
-            let (width, height, channels) = (d.width, d.height, d.channels);
-            (width, height, channels, orient, plan)
+            (width, height, d.region, d.channels, orient, plan)
         }
         Sniffed::Png => {
             let header = png::parse_header(data)?;
@@ -337,14 +373,20 @@ fn run(
             progress.dims = Some(orient.oriented_size(header.height, header.width));
             let plan = checked_plan(ctx, orient.oriented_size(header.height, header.width), key)?;
             let channels = png::decode(&s.encoded, &header, ctx.max_side, &mut s.decoded)?;
-            (header.width, header.height, channels, orient, plan)
+            let whole = Rect {
+                top: 0,
+                left: 0,
+                height: header.height,
+                width: header.width,
+            };
+            (header.width, header.height, whole, channels, orient, plan)
         }
         Sniffed::Unsupported(name) => return Err(RowError::UnsupportedFormat(name)),
         Sniffed::Unknown => return Err(RowError::UnknownFormat(first_bytes_hex(data))),
     };
     let decoded = Instant::now();
     progress.stages.decode = Some(decoded - started);
-    let resized_at = transform(s, ctx, (width, height), channels, orient, &plan, slot)?;
+    let resized_at = transform(s, ctx, (width, height), view, channels, orient, &plan, slot)?;
     progress.stages.resize = Some(resized_at - decoded);
     progress.stages.convert = Some(resized_at.elapsed());
     progress.geometry = Some(Geometry {
@@ -383,10 +425,12 @@ fn checked_plan(
 /// Gray conversion, orientation, source crop, resize and the tensor write,
 /// from the decoded pixels in `s.decoded`. Returns when the resize ended
 /// (the tensor write began), for the stage times.
+#[allow(clippy::too_many_arguments)]
 fn transform(
     s: &mut Scratch,
     ctx: &RowContext<'_>,
     (width, height): (u32, u32),
+    stored_view: Rect,
     mut channels: usize,
     orient: Orientation,
     plan: &Plan,
@@ -403,7 +447,9 @@ fn transform(
         resizer,
         ..
     } = s;
-    let (w, h) = (width as usize, height as usize);
+    // The decoded pixels are the `stored_view` rectangle of the (stored)
+    // image: all of it, or what the output needs (a cropped decode).
+    let (w, h) = (stored_view.width as usize, stored_view.height as usize);
     let mut pixels: &[u8] = &decoded[..w * h * channels];
 
     if ctx.spec.color == Color::Gray && channels == 3 {
@@ -419,22 +465,36 @@ fn transform(
         orient.apply(pixels, w, h, channels, out);
         pixels = out;
     }
+    // Where those pixels are in the oriented image.
+    let mut view = orient.oriented_rect(stored_view, height, width);
 
     let src = plan.source;
     if (src.height, src.width) != (oh, ow) {
-        let (top, left) = (src.top as usize, src.left as usize);
+        // A random resized crop's region, cut out exactly: the resize
+        // clamps at its edges, as torchvision's crop-then-resize does.
+        let (top, left) = (
+            (src.top - view.top) as usize,
+            (src.left - view.left) as usize,
+        );
         let line = src.width as usize * channels;
         let out = sized(region, src.height as usize * line);
         for (y, dst) in out.chunks_exact_mut(line).enumerate() {
-            let start = ((top + y) * ow as usize + left) * channels;
+            let start = ((top + y) * view.width as usize + left) * channels;
             dst.copy_from_slice(&pixels[start..start + line]);
         }
         pixels = out;
+        view = Rect {
+            top: 0,
+            left: 0,
+            ..src
+        };
     }
 
     let (rh, rw) = plan.resized;
     let (source, plan) = if (rh, rw) == (src.height, src.width) {
-        (pixels, *plan)
+        // No resize: the writer reads the window out of the view.
+        let plan = plan.relative_to(view);
+        (pixels, plan)
     } else {
         // Only the part of the resized image that the output window shows
         // is computed (the crop fused into the resize).
@@ -447,6 +507,7 @@ fn transform(
             resizer,
             pixels,
             (src.width, src.height),
+            view,
             channels,
             out,
             (rw, rh),

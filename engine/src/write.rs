@@ -81,7 +81,8 @@ impl TensorWriter {
     /// with `src_channels` interleaved bytes per pixel) into `out`, one
     /// row's slot, padding and flipping as the plan says. A 1-channel source
     /// fills every output channel (gray to RGB, which is what Pillow's
-    /// `convert('RGB')` of an L image does). `row` is scratch space.
+    /// `convert('RGB')` of an L image does); a 4-channel source is RGBX
+    /// (the fourth byte ignored). `row` is scratch space.
     ///
     /// Multi-byte values are stored native-endian, as Arrow's in-memory
     /// buffers are (little-endian on every platform this runs on).
@@ -102,7 +103,8 @@ impl TensorWriter {
             Values::Half(_) => 2,
             Values::Float32(_) => 4,
         };
-        if src_channels != 1 && src_channels != c_out {
+        let rgbx = src_channels == 4 && c_out == 3;
+        if src_channels != 1 && src_channels != c_out && !rgbx {
             return Err(RowError::Internal(format!(
                 "cannot write {src_channels}-channel pixels as {c_out} channels"
             )));
@@ -120,7 +122,7 @@ impl TensorWriter {
                 self.channel_map[c]
             }
         };
-        let straight = src_channels == c_out
+        let straight = (src_channels == c_out || rgbx)
             && (0..c_out).all(|c| pick(c) == c)
             && !plan.flip_horizontal
             && window.left >= 0
@@ -135,7 +137,7 @@ impl TensorWriter {
             let pixels: &[u8] = match source_row {
                 Some(line) if straight => {
                     let left = window.left as usize * src_channels;
-                    &line[left..left + w * c_out]
+                    &line[left..left + w * src_channels]
                 }
                 _ => {
                     row.clear();
@@ -153,7 +155,19 @@ impl TensorWriter {
                     row
                 }
             };
-            let at = RowAt { y, h, w, c: c_out };
+            // Gathered rows are packed; straight ones keep the source's pixel stride.
+            let stride = if source_row.is_some() && straight {
+                src_channels
+            } else {
+                c_out
+            };
+            let at = RowAt {
+                y,
+                h,
+                w,
+                c: c_out,
+                stride,
+            };
             match &self.values {
                 Values::Bytes => at.put(pixels, self.layout, out, |_, v| [v]),
                 Values::Float32(luts) => at.put(pixels, self.layout, out, |c, v| {
@@ -168,17 +182,20 @@ impl TensorWriter {
     }
 }
 
-/// Output row `y` of an `h` × `w` × `c` tensor.
+/// Output row `y` of an `h` × `w` × `c` tensor, read from pixels `stride`
+/// bytes apart (`c`, or 4 for RGBX).
 struct RowAt {
     y: usize,
     h: usize,
     w: usize,
     c: usize,
+    stride: usize,
 }
 
 impl RowAt {
-    /// Stores the row's pixels (`w` × `c` bytes, HWC order) as `E`-byte
-    /// elements, `value(channel, byte)` each, in `layout` order.
+    /// Stores the row's pixels (`w` pixels `stride` bytes apart, the first
+    /// `c` of each used) as `E`-byte elements, `value(channel, byte)` each,
+    /// in `layout` order.
     #[inline]
     fn put<const E: usize>(
         &self,
@@ -187,17 +204,17 @@ impl RowAt {
         out: &mut [u8],
         value: impl Fn(usize, u8) -> [u8; E],
     ) {
-        let RowAt { y, h, w, c } = *self;
+        let RowAt { y, h, w, c, stride } = *self;
         match layout {
             Layout::Hwc => {
                 let dst = &mut out[y * w * c * E..(y + 1) * w * c * E];
-                if E == 1 {
+                if E == 1 && stride == c {
                     // Only `Values::Bytes` has 1-byte elements, and its
                     // value is the byte itself: one copy.
                     dst.copy_from_slice(pixels);
                     return;
                 }
-                for (out_px, px) in dst.chunks_exact_mut(E * c).zip(pixels.chunks_exact(c)) {
+                for (out_px, px) in dst.chunks_exact_mut(E * c).zip(pixels.chunks_exact(stride)) {
                     for (ch, (d, &v)) in out_px.chunks_exact_mut(E).zip(px).enumerate() {
                         d.copy_from_slice(&value(ch, v));
                     }
@@ -207,7 +224,7 @@ impl RowAt {
                 for ch in 0..c {
                     let start = ((ch * h + y) * w) * E;
                     let dst = &mut out[start..start + w * E];
-                    for (d, px) in dst.chunks_exact_mut(E).zip(pixels.chunks_exact(c)) {
+                    for (d, px) in dst.chunks_exact_mut(E).zip(pixels.chunks_exact(stride)) {
                         d.copy_from_slice(&value(ch, px[ch]));
                     }
                 }
@@ -419,5 +436,44 @@ mod tests {
         assert!(w
             .write(short, (3, 2), 3, &plan(WINDOW), &mut out, &mut Vec::new())
             .is_err());
+    }
+
+    #[test]
+    fn rgbx_sources_write_what_rgb_sources_write() {
+        let rgbx: Vec<u8> = source()
+            .chunks_exact(3)
+            .flat_map(|p| [p[0], p[1], p[2], 0xEE])
+            .collect();
+        let windows = [
+            WINDOW,
+            // Reaching past the image: padding on two sides.
+            Window {
+                top: -1,
+                left: -1,
+                height: 4,
+                width: 5,
+            },
+        ];
+        for (dtype, elem) in [("uint8", 1), ("float32", 4), ("float16", 2)] {
+            for layout in ["hwc", "chw"] {
+                for color in ["rgb", "bgr"] {
+                    let w = TensorWriter::new(&exact(dtype, layout, color));
+                    for window in windows {
+                        for (fh, fv) in [(false, false), (true, false), (false, true)] {
+                            let p = Plan {
+                                flip_horizontal: fh,
+                                flip_vertical: fv,
+                                ..plan(window)
+                            };
+                            let len = window.height as usize * window.width as usize * 3 * elem;
+                            let (mut a, mut b) = (vec![0; len], vec![1; len]);
+                            write(&w, &source(), 3, &p, &mut a);
+                            write(&w, &rgbx, 4, &p, &mut b);
+                            assert_eq!(a, b, "{dtype} {layout} {color} {window:?} {fh} {fv}");
+                        }
+                    }
+                }
+            }
+        }
     }
 }

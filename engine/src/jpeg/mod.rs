@@ -45,6 +45,7 @@ use pixelfeed_schema::JpegDecoder;
 
 use crate::error::RowError;
 use crate::exif::EXIF_PREFIX;
+use crate::geometry::Rect;
 /// APP1 prefix of an XMP packet.
 const XMP_PREFIX: &[u8] = b"http://ns.adobe.com/xap/1.0/\0";
 
@@ -274,7 +275,7 @@ pub(crate) struct Frame {
     height: u32,
     components: u8,
     /// Component identifiers, `components` of them.
-    ids: [u8; 4],
+    pub ids: [u8; 4],
     /// Horizontal and vertical sampling factors (1..=4) and quantisation
     /// table (0..=3) of each component.
     pub sampling: [(u8, u8); 4],
@@ -416,14 +417,25 @@ pub(crate) fn finish_stream(
     out: &mut Vec<u8>,
     strict: bool,
 ) -> Result<ScanFacts, RowError> {
-    let scan = check_scan_markers(data, header.sos_offset);
+    let scan = check_scan_markers(data, header.sos_offset, &header.frame);
     if !header.has_dht && !header.arithmetic {
         out.extend_from_slice(&STANDARD_DHT);
     }
     out.extend_from_slice(&data[header.sos_offset..scan.end]);
+    let all = (1u8 << header.components) - 1;
     let problem = match scan.problem {
         Some(problem) => Some(problem),
         None if !scan.eoi => Some(truncated("no EOI marker at the end of the image")),
+        // libjpeg decodes a component no scan codes as flat gray without a
+        // word; the file is broken all the same.
+        None if scan.coded & all != all => {
+            let missing = (0..header.components)
+                .find(|i| scan.coded & (1 << i) == 0)
+                .map_or(0, |i| header.frame.ids[usize::from(i)]);
+            Some(corrupt(format!(
+                "component {missing} is never coded in any scan"
+            )))
+        }
         None => None,
     };
     let warning = match problem {
@@ -450,32 +462,35 @@ struct ScanEnd {
     scans: u32,
     /// Quantisation table ids (bit per id) defined between scans.
     tables: u8,
+    /// The frame components (bit per index) some scan codes.
+    coded: u8,
 }
 
 /// Walks the entropy-coded data from the SOS at `sos`: restart markers must
-/// cycle RST0..RST7 within each scan. Counts scans and notes tables defined
-/// between them.
-fn check_scan_markers(data: &[u8], sos: usize) -> ScanEnd {
+/// cycle RST0..RST7 within each scan. Counts scans, notes tables defined
+/// between them and which of `frame`'s components the scans code.
+fn check_scan_markers(data: &[u8], sos: usize, frame: &Frame) -> ScanEnd {
     let mut expected = 0u8;
     let mut problem = None;
-    let (mut scans, mut tables) = (0u32, 0u8);
+    let (mut scans, mut tables, mut coded) = (0u32, 0u8, 0u8);
     let mut pos = sos;
-    let to_the_end = |problem, scans, tables| ScanEnd {
+    let to_the_end = |problem, scans, tables, coded| ScanEnd {
         end: data.len(),
         eoi: false,
         problem,
         scans,
         tables,
+        coded,
     };
     loop {
         // memchr: SIMD search; this walk reads every byte of the scan data
         // (2–3 % of a row's time with a byte-by-byte search).
         let Some(ff) = data.get(pos..).and_then(|rest| memchr::memchr(0xFF, rest)) else {
-            return to_the_end(problem, scans, tables);
+            return to_the_end(problem, scans, tables, coded);
         };
         pos += ff;
         let Some(&m) = data.get(pos + 1) else {
-            return to_the_end(problem, scans, tables);
+            return to_the_end(problem, scans, tables, coded);
         };
         match m {
             // Stuffed zero or a fill byte: not a marker.
@@ -498,6 +513,7 @@ fn check_scan_markers(data: &[u8], sos: usize) -> ScanEnd {
                     problem,
                     scans,
                     tables,
+                    coded,
                 }
             }
             _ => {
@@ -505,70 +521,99 @@ fn check_scan_markers(data: &[u8], sos: usize) -> ScanEnd {
                 // skip it by its length. A bad length is left for the
                 // decoder to report; the check simply stops here.
                 let Some(len) = data.get(pos + 2..pos + 4) else {
-                    return to_the_end(problem, scans, tables);
+                    return to_the_end(problem, scans, tables, coded);
                 };
                 let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+                let payload = data.get(pos + 4..pos + 2 + len).unwrap_or_default();
                 match m {
                     0xDA => {
                         expected = 0;
                         scans += 1;
+                        let n = usize::from(payload.first().copied().unwrap_or(0));
+                        for id in payload.iter().skip(1).step_by(2).take(n) {
+                            let known = &frame.ids[..usize::from(frame.components)];
+                            if let Some(i) = known.iter().position(|k| k == id) {
+                                coded |= 1 << i;
+                            }
+                        }
                     }
-                    0xDB => {
-                        let payload = data.get(pos + 4..pos + 2 + len).unwrap_or_default();
-                        tables |= quantisation_table_ids(payload).unwrap_or(0);
-                    }
+                    0xDB => tables |= quantisation_table_ids(payload).unwrap_or(0),
                     _ => {}
                 }
                 pos += 2 + len;
                 if pos > data.len() {
-                    return to_the_end(problem, scans, tables);
+                    return to_the_end(problem, scans, tables, coded);
                 }
             }
         }
     }
 }
 
+/// What the row asks of a decoder.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Request {
+    /// Which decoder (resolved: never [`JpegDecoder::Auto`]).
+    pub decoder: JpegDecoder,
+    /// Decode at 1/`scale`: 1, or 2, 4, 8 (only libjpeg-turbo scales).
+    pub scale: u32,
+    /// The part of the (scaled) stored image the caller needs; a decoder
+    /// may return more (see [`Decoded::region`]).
+    pub region: Rect,
+    /// Stop at the first recoverable problem (an error) rather than pad.
+    pub strict: bool,
+    /// RGBX output welcome (libjpeg-turbo, YCbCr/RGB frames).
+    pub rgbx: bool,
+    /// Longest side a decoder may see (from the limits).
+    pub max_side: usize,
+}
+
+/// The size of a `width` × `height` image decoded at 1/`scale`: libjpeg's
+/// rounding up (`TJSCALED`, as Pillow's `draft` reports it).
+pub(crate) fn scaled_size(width: u32, height: u32, scale: u32) -> (u32, u32) {
+    (width.div_ceil(scale), height.div_ceil(scale))
+}
+
 /// What a decoder made of the stream.
 #[derive(Debug)]
 pub(crate) struct Decoded {
-    /// Width of the decoded image (stored orientation; at the draft scale).
-    pub width: u32,
-    /// Height of the decoded image.
-    pub height: u32,
-    /// 1 (gray) or 3 (RGB) interleaved channels.
+    /// The rectangle of the (scaled) stored image `dst` holds: the request's
+    /// region widened to the decoder's alignment, or the whole image.
+    pub region: Rect,
+    /// 1 (gray), 3 (RGB) or 4 (RGBX, the fourth byte unused) interleaved
+    /// channels.
     pub channels: usize,
-    /// The scale it was decoded at: 1, or 2, 4, 8 for a draft.
-    pub scale: u32,
     /// The decoder's own warning, when the image decoded only with recovery.
     pub warning: Option<String>,
 }
 
-/// Decodes the cleaned `stream` of the frame `header` describes with
-/// `decoder` (resolved: never [`JpegDecoder::Auto`]) into `dst`, at 1/`scale`
-/// (1, 2, 4, 8; only libjpeg-turbo scales) and to 1 byte per pixel for
-/// single-component files, else RGB (CMYK and YCCK converted as Pillow's
-/// `convert('RGB')` does).
-#[allow(clippy::too_many_arguments)]
+/// Decodes the cleaned `stream` of the frame `header` describes into `dst`
+/// as `request` says: 1 byte per pixel for single-component files, else RGB
+/// (CMYK and YCCK converted as Pillow's `convert('RGB')` does), or RGBX
+/// when asked of libjpeg-turbo (see [`Decoded::channels`]).
 pub(crate) fn decode(
     stream: &[u8],
     header: &JpegHeader<'_>,
     facts: &ScanFacts,
-    decoder: JpegDecoder,
-    scale: u32,
-    strict: bool,
-    max_side: usize,
+    request: Request,
     dst: &mut Vec<u8>,
 ) -> Result<Decoded, RowError> {
-    match decoder {
-        JpegDecoder::LibjpegTurbo => turbo::decode(stream, header, scale, strict, dst),
+    match request.decoder {
+        JpegDecoder::LibjpegTurbo => turbo::decode(stream, header, &request, dst),
         JpegDecoder::ZuneJpeg => {
+            if request.scale != 1 {
+                return Err(RowError::Internal("zune-jpeg cannot decode a draft".into()));
+            }
             zune::check_layout(header, facts)?;
-            let (channels, warning) = zune::decode(stream, header, max_side, dst, strict)?;
+            let (channels, warning) =
+                zune::decode(stream, header, request.max_side, dst, request.strict)?;
             Ok(Decoded {
-                width: header.width,
-                height: header.height,
+                region: Rect {
+                    top: 0,
+                    left: 0,
+                    height: header.height,
+                    width: header.width,
+                },
                 channels,
-                scale: 1,
                 warning,
             })
         }
@@ -693,7 +738,7 @@ mod tests {
             &[1, 0xFF, 0xD0, 2, 0xFF, 0xD1, 3, 0xFF, 0xD9, 9, 9],
         );
         let h = header_of(&ok).unwrap();
-        let scan = check_scan_markers(&ok, h.sos_offset);
+        let scan = check_scan_markers(&ok, h.sos_offset, &h.frame);
         assert_eq!(
             (scan.end, scan.eoi, scan.problem),
             (ok.len() - 2, true, None)
@@ -701,7 +746,7 @@ mod tests {
         let bad = minimal(8, 8, &[], &[1, 0xFF, 0xD0, 2, 0xFF, 0xD2, 3, 0xFF, 0xD9]);
         let h = header_of(&bad).unwrap();
         assert_eq!(
-            check_scan_markers(&bad, h.sos_offset)
+            check_scan_markers(&bad, h.sos_offset, &h.frame)
                 .problem
                 .unwrap()
                 .to_string(),
@@ -710,8 +755,29 @@ mod tests {
         // Stuffed FF00 is data, and no EOI means "to the end".
         let stuffed = minimal(8, 8, &[], &[0xFF, 0x00, 0xFF, 0xD0]);
         let h = header_of(&stuffed).unwrap();
-        let scan = check_scan_markers(&stuffed, h.sos_offset);
+        let scan = check_scan_markers(&stuffed, h.sos_offset, &h.frame);
         assert_eq!((scan.end, scan.eoi), (stuffed.len(), false));
+    }
+
+    #[test]
+    fn a_component_no_scan_codes_is_corrupt() {
+        // One sequential scan coding only component 3 of 3 (found by the
+        // jpeg_differential fuzz target: libjpeg and Pillow decode it as
+        // flat gray without a word).
+        let mut data = minimal(8, 8, &[], &[]);
+        let sos = data.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+        data.truncate(sos);
+        data.extend_from_slice(&[0xFF, 0xDA, 0, 8, 1, 3, 0x11, 0, 63, 0, 1, 0xFF, 0xD9]);
+        let mut out = Vec::new();
+        let h = parse_header(&data, &mut out).unwrap();
+        let strict = finish_stream(&data, &h, &mut out.clone(), true).unwrap_err();
+        assert_eq!(
+            strict.to_string(),
+            "corrupt JPEG: component 1 is never coded in any scan"
+        );
+        let lenient = finish_stream(&data, &h, &mut out, false).unwrap();
+        assert_eq!(lenient.warning, Some(strict.to_string()));
+        assert_eq!(lenient.scans, 1);
     }
 
     #[test]

@@ -25,7 +25,7 @@
 //! Without the feature, [`AVAILABLE`] is false and the engine resolves
 //! specs to zune-jpeg, or refuses those that need libjpeg-turbo.
 
-use super::{Decoded, JpegHeader};
+use super::{Decoded, JpegHeader, Request};
 use crate::error::RowError;
 
 /// Whether this build has libjpeg-turbo.
@@ -40,23 +40,27 @@ pub(crate) const NAME: &str = "libjpeg-turbo 3.1";
 const SCAN_LIMIT: i32 = 500;
 
 /// Decodes `stream` (the cleaned stream of the frame `header` describes)
-/// at 1/`scale` (1, 2, 4 or 8) into `dst`: gray stays one channel, YCbCr,
-/// RGB, CMYK and YCCK become RGB. Without the feature it fails; unreachable,
+/// at 1/`request.scale` (1, 2, 4 or 8) into `dst`: gray stays one channel,
+/// YCbCr, RGB, CMYK and YCCK become RGB, or with `request.rgbx` YCbCr and
+/// RGB become RGBX (four bytes a pixel, for the four-byte resize kernels).
+/// Only `request.region` is decoded, its left edge moved down to the scaled
+/// iMCU width libjpeg-turbo crops at: the rows above and below are skipped
+/// and the columns beside it are neither inverse-transformed nor colour
+/// converted. Without the feature it fails; unreachable,
 /// because specs resolve to zune-jpeg then.
 pub(crate) fn decode(
     stream: &[u8],
     header: &JpegHeader<'_>,
-    scale: u32,
-    strict: bool,
+    request: &Request,
     dst: &mut Vec<u8>,
 ) -> Result<Decoded, RowError> {
     #[cfg(feature = "turbojpeg")]
     {
-        ffi::decode(stream, header, scale, strict, dst)
+        ffi::decode(stream, header, request, dst)
     }
     #[cfg(not(feature = "turbojpeg"))]
     {
-        let _ = (stream, header, scale, strict, dst);
+        let _ = (stream, header, request, dst);
         Err(RowError::Internal(
             "libjpeg-turbo is not built in (cargo feature `turbojpeg`)".into(),
         ))
@@ -69,15 +73,50 @@ mod ffi {
 
     use turbojpeg_sys as tj;
 
-    use super::{Decoded, SCAN_LIMIT};
+    use super::{Decoded, Request, SCAN_LIMIT};
     use crate::color::cmyk_to_rgb;
     use crate::error::RowError;
-    use crate::jpeg::JpegHeader;
+    use crate::geometry::Rect;
+    use crate::jpeg::{scaled_size, JpegHeader};
 
-    /// The size of a `width` × `height` image decoded at 1/`scale`:
-    /// libjpeg's rounding up (`TJSCALED`, as Pillow's `draft` reports it).
-    fn scaled_size(width: u32, height: u32, scale: u32) -> (u32, u32) {
-        (width.div_ceil(scale), height.div_ceil(scale))
+    /// The region libjpeg-turbo decodes for `wanted` in a `width` ×
+    /// `height` (scaled) image: widened by one scaled iMCU (`8 × Hmax /
+    /// scale` columns, TurboJPEG's `tjMCUWidth` scaled) on each side and
+    /// aligned to it, because fancy upsampling of a cropped region's edge
+    /// columns lacks their neighbours; rows are kept as wanted (libjpeg
+    /// keeps the upsampling context when it skips rows). The whole image
+    /// when nothing is saved.
+    fn crop_region(
+        header: &JpegHeader<'_>,
+        scale: u32,
+        wanted: Rect,
+        (width, height): (u32, u32),
+    ) -> Rect {
+        let h_max = header.frame.components().map(|c| c.0).max().unwrap_or(1);
+        let h_max = if header.components == 1 {
+            1
+        } else {
+            u32::from(h_max)
+        };
+        let imcu = (8 * h_max / scale).max(1);
+        let whole = Rect {
+            top: 0,
+            left: 0,
+            height,
+            width,
+        };
+        let inside = wanted.top + wanted.height <= height && wanted.left + wanted.width <= width;
+        if wanted.width == 0 || wanted.height == 0 || !inside {
+            return whole;
+        }
+        let left = (wanted.left / imcu).saturating_sub(1) * imcu;
+        let right = ((wanted.left + wanted.width).div_ceil(imcu) + 1) * imcu;
+        Rect {
+            top: wanted.top,
+            left,
+            height: wanted.height,
+            width: right.min(width) - left,
+        }
     }
 
     /// A TurboJPEG decompressor handle, made for one image (see `decode`).
@@ -132,13 +171,20 @@ mod ffi {
     pub(super) fn decode(
         stream: &[u8],
         header: &JpegHeader<'_>,
-        scale: u32,
-        strict: bool,
+        request: &Request,
         dst: &mut Vec<u8>,
     ) -> Result<Decoded, RowError> {
+        let Request {
+            scale,
+            strict,
+            rgbx,
+            region: wanted,
+            ..
+        } = *request;
         // Decoded pixel format, bytes per decoded pixel, channels returned.
         let (format, decoded, channels) = match header.components {
             1 => (tj::TJPF_TJPF_GRAY, 1, 1),
+            3 if rgbx => (tj::TJPF_TJPF_RGBX, 4, 4),
             3 => (tj::TJPF_TJPF_RGB, 3, 3),
             4 => (tj::TJPF_TJPF_CMYK, 4, 3),
             n => {
@@ -150,14 +196,8 @@ mod ffi {
         if !matches!(scale, 1 | 2 | 4 | 8) {
             return Err(RowError::Internal(format!("no 1/{scale} draft scale")));
         }
-        let (width, height) = scaled_size(header.width, header.height, scale);
-        let pitch = width as usize * decoded;
-        let len = pitch * height as usize;
-        if dst.len() < len {
-            dst.resize(len, 0);
-        }
-        let pitch = c_int::try_from(pitch)
-            .map_err(|_| RowError::Internal("draft row too long for libjpeg-turbo".into()))?;
+        let full = scaled_size(header.width, header.height, scale);
+        let mut region = crop_region(header, scale, wanted, full);
         let stream_len = tj::size_t::try_from(stream.len())
             .map_err(|_| RowError::Internal("JPEG too long for libjpeg-turbo".into()))?;
         {
@@ -204,10 +244,40 @@ mod ffi {
                     handle.message()
                 )));
             }
+            if (region.width, region.height) != full {
+                let crop = tj::tjregion {
+                    x: region.left as c_int,
+                    y: region.top as c_int,
+                    w: region.width as c_int,
+                    h: region.height as c_int,
+                };
+                // SAFETY: the handle is live and the header read; the region
+                // lies inside the scaled image with its left edge on the
+                // scaled iMCU boundary (`crop_region`).
+                if unsafe { tj::tj3SetCroppingRegion(handle.0, crop) } != 0 {
+                    // Subsampling TurboJPEG cannot crop (it names none):
+                    // decode it all, as libjpeg would without a crop.
+                    region = Rect {
+                        top: 0,
+                        left: 0,
+                        height: full.1,
+                        width: full.0,
+                    };
+                }
+            }
+            let (width, height) = (region.width, region.height);
+            let pitch = width as usize * decoded;
+            let len = pitch * height as usize;
+            if dst.len() < len {
+                dst.resize(len, 0);
+            }
+            let pitch = c_int::try_from(pitch)
+                .map_err(|_| RowError::Internal("row too long for libjpeg-turbo".into()))?;
             // SAFETY: `stream` is valid for `stream_len` bytes; `dst`
             // holds `height` rows of `pitch` bytes, the size libjpeg-turbo
-            // writes for this frame at this scale (TJSCALED of the frame
-            // size it read above, checked equal to ours).
+            // writes for this frame at this scale and crop (TJSCALED of the
+            // frame size it read above, checked equal to ours, cut to the
+            // region it accepted).
             let status = unsafe {
                 tj::tj3Decompress8(
                     handle.0,
@@ -236,10 +306,8 @@ mod ffi {
                 cmyk_to_rgb(&mut dst[..len], width as usize * height as usize);
             }
             Ok(Decoded {
-                width,
-                height,
+                region,
                 channels,
-                scale,
                 warning,
             })
         }
@@ -249,10 +317,29 @@ mod ffi {
 #[cfg(all(test, feature = "turbojpeg"))]
 mod tests {
     use super::*;
+    use crate::geometry::Rect;
     use crate::jpeg;
 
     /// A bundled 4:2:0 progressive photo (tests/data/images/ATTRIBUTION.tsv).
     const PHOTO: &[u8] = include_bytes!("../../../tests/data/images/china_progressive_420_q90.jpg");
+
+    /// A request for the whole image at 1/`scale`, RGB.
+    fn request(header: &jpeg::JpegHeader<'_>, scale: u32, strict: bool) -> Request {
+        let (width, height) = jpeg::scaled_size(header.width, header.height, scale);
+        Request {
+            decoder: pixelfeed_schema::JpegDecoder::LibjpegTurbo,
+            scale,
+            region: Rect {
+                top: 0,
+                left: 0,
+                height,
+                width,
+            },
+            strict,
+            rgbx: false,
+            max_side: 1 << 20,
+        }
+    }
 
     /// The cleaned stream and header of `data`, as the pipeline prepares them.
     fn prepared(data: &[u8]) -> (Vec<u8>, jpeg::JpegHeader<'_>) {
@@ -274,14 +361,14 @@ mod tests {
         let (w, h) = (header.width as usize, header.height as usize);
         for scale in [1u32, 2, 4, 8] {
             let mut out = Vec::new();
-            let d = decode(&stream, &header, scale, true, &mut out).unwrap();
+            let d = decode(&stream, &header, &request(&header, scale, true), &mut out).unwrap();
             let s = scale as usize;
             assert_eq!(
-                (d.width, d.height),
+                (d.region.width, d.region.height),
                 (header.width.div_ceil(scale), header.height.div_ceil(scale))
             );
-            assert_eq!((d.channels, d.scale, d.warning), (3, scale, None));
-            let (dw, dh) = (d.width as usize, d.height as usize);
+            assert_eq!((d.channels, d.warning), (3, None));
+            let (dw, dh) = (d.region.width as usize, d.region.height as usize);
             let mut total = 0.0;
             for y in 0..h / s {
                 for x in 0..w / s {
@@ -309,7 +396,7 @@ mod tests {
         // whose Huffman table is broken must not break the next row.
         let (stream, header) = prepared(PHOTO);
         let mut good = Vec::new();
-        decode(&stream, &header, 2, true, &mut good).unwrap();
+        decode(&stream, &header, &request(&header, 2, true), &mut good).unwrap();
         let dht = stream
             .windows(2)
             .position(|w| w == [0xFF, 0xC4])
@@ -318,10 +405,10 @@ mod tests {
             let mut broken = stream.clone();
             broken[i] = bad_byte;
             let mut out = Vec::new();
-            let err = decode(&broken, &header, 2, true, &mut out).unwrap_err();
+            let err = decode(&broken, &header, &request(&header, 2, true), &mut out).unwrap_err();
             assert!(err.to_string().contains("libjpeg-turbo"), "{err}");
             let mut again = Vec::new();
-            decode(&stream, &header, 2, true, &mut again).unwrap();
+            decode(&stream, &header, &request(&header, 2, true), &mut again).unwrap();
             assert!(
                 again == good,
                 "the row after a broken file decoded differently"
@@ -337,10 +424,52 @@ mod tests {
         let header = jpeg::parse_header(cut, &mut stream).unwrap();
         jpeg::finish_stream(cut, &header, &mut stream, false).unwrap();
         let mut out = Vec::new();
-        let lenient = decode(&stream, &header, 4, false, &mut out).unwrap();
+        let lenient = decode(&stream, &header, &request(&header, 4, false), &mut out).unwrap();
         let warning = lenient.warning.expect("a truncated scan warns");
         assert!(warning.contains("libjpeg-turbo"), "{warning}");
-        let strict = decode(&stream, &header, 4, true, &mut out).unwrap_err();
+        let strict = decode(&stream, &header, &request(&header, 4, true), &mut out).unwrap_err();
         assert!(strict.to_string().contains("libjpeg-turbo"), "{strict}");
+    }
+
+    #[test]
+    fn a_cropped_decode_is_that_part_of_the_full_decode() {
+        let (stream, header) = prepared(PHOTO);
+        for scale in [1u32, 2, 4] {
+            let mut full = Vec::new();
+            let whole = request(&header, scale, true);
+            decode(&stream, &header, &whole, &mut full).unwrap();
+            let fw = whole.region.width as usize;
+            let wanted = Rect {
+                top: 5,
+                left: 37,
+                height: whole.region.height / 2,
+                width: whole.region.width / 3,
+            };
+            let mut part = Vec::new();
+            let d = decode(
+                &stream,
+                &header,
+                &Request {
+                    region: wanted,
+                    ..whole
+                },
+                &mut part,
+            )
+            .unwrap();
+            let got = d.region;
+            // Rows as asked; columns widened to the scaled iMCU (16 px at
+            // 4:2:0) and one more on each side.
+            assert_eq!((got.top, got.height), (wanted.top, wanted.height));
+            assert!(got.left + 16 / scale <= wanted.left && got.left % (16 / scale) == 0);
+            assert!(got.left + got.width >= wanted.left + wanted.width + 16 / scale);
+            // What was asked for equals the full decode, pixel for pixel.
+            let skip = (wanted.left - got.left) as usize * 3;
+            for y in 0..got.height as usize {
+                let row = &part[y * got.width as usize * 3..(y + 1) * got.width as usize * 3];
+                let row = &row[skip..skip + wanted.width as usize * 3];
+                let start = ((got.top as usize + y) * fw + wanted.left as usize) * 3;
+                assert!(row == &full[start..start + row.len()], "1/{scale}, row {y}");
+            }
+        }
     }
 }
