@@ -460,7 +460,7 @@ mod tests {
             // Rows as asked; columns widened to the scaled iMCU (16 px at
             // 4:2:0) and one more on each side.
             assert_eq!((got.top, got.height), (wanted.top, wanted.height));
-            assert!(got.left + 16 / scale <= wanted.left && got.left % (16 / scale) == 0);
+            assert!(got.left + 16 / scale <= wanted.left && got.left.is_multiple_of(16 / scale));
             assert!(got.left + got.width >= wanted.left + wanted.width + 16 / scale);
             // What was asked for equals the full decode, pixel for pixel.
             let skip = (wanted.left - got.left) as usize * 3;
