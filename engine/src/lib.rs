@@ -124,7 +124,7 @@ pub enum EngineError {
     #[error("could not allocate the output tensor buffer: {0}")]
     Allocation(String),
     /// The spec asks for something this build cannot do (a draft without
-    /// the `turbojpeg` feature).
+    /// libjpeg-turbo, or a pinned decoder it lacks).
     #[error("{0}")]
     Unsupported(String),
     /// Assembling the Arrow output failed (a bug, reported rather than panicking).

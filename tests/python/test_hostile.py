@@ -38,8 +38,13 @@ from pfhelpers import DATA_IMAGES, TOLERANCE, mean_abs_diff, pillow_reference, r
 #: The manifest's REJECT rows are what a *strict* decoder does ("REJECT (strict)").
 SPEC = {"preset": "imagenet", "dtype": "uint8", "layout": "hwc", "normalize": None, "strict": True}
 LENIENT = dict(SPEC, strict=False)
-#: The same through libjpeg-turbo (draft decoding; servers built with `turbojpeg`).
+#: The same through each JPEG decoder: libjpeg-turbo (the default; also the
+#: only one that drafts) and zune-jpeg (the pure-Rust fallback), and with a draft.
+TURBO = dict(SPEC, decoder="libjpeg-turbo")
+ZUNE = dict(SPEC, decoder="zune-jpeg")
 DRAFT = dict(SPEC, draft=True)
+DECODER_SPECS = [TURBO, ZUNE, DRAFT]
+DECODER_IDS = ["libjpeg_turbo", "zune_jpeg", "draft_libjpeg_turbo"]
 CALL_BOUND_S = 60.0
 RSS_BOUND_KIB = 2 * 1024 * 1024  # 2 GiB
 GOOD = ["pillow_hopper.jpg", "pillow_hopper.png", "china_progressive_420_q90.jpg", "coffee_palette16_trns.png"]
@@ -148,19 +153,18 @@ def check_rows(
     return report, problems
 
 
-def _skip_unless_drafting(client) -> None:
-    """Skip (visibly) when the server was built without draft decoding."""
-    if not server_drafts(client):
-        pytest.skip("server built without the turbojpeg feature: the draft decoder is not tested")
+def _skip_unless_served(client, spec: Dict) -> None:
+    """Skip (visibly) the libjpeg-turbo specs against a pure-Rust build."""
+    if spec is not ZUNE and not server_drafts(client):
+        pytest.skip("server built without libjpeg-turbo (a pure-Rust build): that decoder is not tested")
 
 
-@pytest.mark.parametrize("spec", [SPEC, DRAFT], ids=["zune", "draft_libjpeg_turbo"])
+@pytest.mark.parametrize("spec", DECODER_SPECS, ids=DECODER_IDS)
 def test_hostile_corpus_one_call(client, server, corpus, spec):
     folder = corpus / "hostile"
     if not folder.is_dir():
         pytest.skip(f"{folder} is missing")
-    if spec is DRAFT:
-        _skip_unless_drafting(client)
+    _skip_unless_served(client, spec)
     expectations = {f: c for f, (c, _) in load_manifest(folder).items()}
     hostile = [(p.name, p.read_bytes()) for p in sorted(folder.iterdir()) if p.is_file() and p.suffix not in (".tsv", ".md")]
     assert hostile
@@ -202,14 +206,13 @@ def test_hostile_corpus_one_call(client, server, corpus, spec):
     assert np.array_equal(again, alone[f"good:{GOOD[0]}"])
 
 
-@pytest.mark.parametrize("strict", [SPEC, DRAFT], ids=["zune", "draft_libjpeg_turbo"])
+@pytest.mark.parametrize("strict", DECODER_SPECS, ids=DECODER_IDS)
 def test_lenient_mode_never_hides_what_strict_refuses(client, server, corpus, strict):
     """``strict: false``: a file strict mode rejects is rejected or carries a warning, never silently OK."""
     folder = corpus / "hostile"
     if not folder.is_dir():
         pytest.skip(f"{folder} is missing")
-    if strict is DRAFT:
-        _skip_unless_drafting(client)
+    _skip_unless_served(client, strict)
     hostile = [(p.name, p.read_bytes()) for p in sorted(folder.iterdir()) if p.is_file() and p.suffix not in (".tsv", ".md")]
     strict_rows, _ = run_interleaved(client, hostile, timeout=CALL_BOUND_S + 30, spec=strict)
     lenient_rows, _ = run_interleaved(client, hostile, timeout=CALL_BOUND_S + 30, spec=dict(strict, strict=False))
