@@ -12,11 +12,11 @@ use pixelfeed_engine::EngineConfig;
 use pixelfeed_pool::{default_cap_bytes, HostBufferPool, PinnedMode, PoolConfig};
 use pixelfeed_schema::{TransformSpec, DEFAULT_PRESET};
 use pixelfeed_server::{
-    AuthToken, CallLimits, DatasetsConfig, ServerConfig, ServiceConfig, TlsConfig,
+    AuthToken, CallLimits, ConnectionLimits, DatasetsConfig, ServerConfig, ServiceConfig, TlsConfig,
 };
 
 use crate::flags::{
-    ConvertArgs, DatasetArgs, EngineArgs, FormatArg, OpsArgs, PinnedArg, ServeArgs,
+    ConnectionArgs, ConvertArgs, DatasetArgs, EngineArgs, FormatArg, OpsArgs, PinnedArg, ServeArgs,
 };
 
 impl EngineArgs {
@@ -67,11 +67,29 @@ impl OpsArgs {
         }))
     }
 
-    pub(crate) fn limits(&self) -> CallLimits {
+    pub(crate) fn limits(&self, max_message_bytes: usize) -> CallLimits {
         CallLimits {
             max_rows_per_batch: self.max_rows_per_batch,
             max_concurrent_calls: self.max_concurrent_calls,
             call_timeout: self.call_timeout,
+            idle_timeout: self.idle_timeout,
+            max_input_bytes_in_flight: self.max_input_bytes_in_flight,
+            // No more than one plain message could carry: binary views
+            // can name shared bytes many times over.
+            max_batch_image_bytes: max_message_bytes,
+        }
+    }
+}
+
+impl ConnectionArgs {
+    pub(crate) fn limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: self.max_connections,
+            max_streams_per_connection: self.max_streams_per_connection,
+            handshake_timeout: self.handshake_timeout,
+            idle_timeout: self.connection_idle_timeout,
+            keepalive_interval: self.keepalive_interval,
+            keepalive_timeout: self.keepalive_timeout,
         }
     }
 }
@@ -107,10 +125,11 @@ impl ServeArgs {
             service: ServiceConfig {
                 engine: self.engine.engine_config(),
                 target_message_bytes: self.target_message_bytes,
-                limits: self.ops.limits(),
+                limits: self.ops.limits(self.max_message_bytes),
                 ..ServiceConfig::default()
             },
             tls: None,
+            connections: self.ops.connections.limits(),
         }
     }
 

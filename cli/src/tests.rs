@@ -8,7 +8,8 @@ use clap::{CommandFactory as _, Parser as _};
 use pixelfeed_engine::EngineConfig;
 use pixelfeed_pool::{PinnedMode, PoolConfig};
 use pixelfeed_server::{
-    CallLimits, DEFAULT_LISTEN, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TARGET_MESSAGE_BYTES,
+    CallLimits, ConnectionLimits, DEFAULT_LISTEN, DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_TARGET_MESSAGE_BYTES,
 };
 
 use crate::flags::{Cli, Command, ServeArgs};
@@ -38,6 +39,7 @@ fn defaults_match_the_library() {
     assert_eq!(config.service.engine, EngineConfig::default());
     assert_eq!(serve_args(&[]).pool_config(), PoolConfig::default());
     assert_eq!(config.service.limits, CallLimits::default());
+    assert_eq!(config.connections, ConnectionLimits::default());
     let ops = serve_args(&[]).ops;
     assert_eq!(ops.drain_timeout, Duration::from_secs(30));
     assert!(ops.tls().unwrap().is_none() && ops.metrics_listen.is_none());
@@ -62,6 +64,15 @@ fn ops_flags_reach_the_config() {
         "--call-timeout=1.5",
         "--metrics-listen=127.0.0.1:0",
         "--drain-timeout=2",
+        "--idle-timeout=4",
+        "--max-input-bytes-in-flight=6000",
+        "--max-message-bytes=5000",
+        "--max-connections=9",
+        "--max-streams-per-connection=5",
+        "--handshake-timeout=0.5",
+        "--connection-idle-timeout=60",
+        "--keepalive-interval=11",
+        "--keepalive-timeout=12",
     ]);
     let auth = args.ops.auth_token().unwrap().unwrap();
     assert!(auth.matches(b"s3cret"));
@@ -77,6 +88,20 @@ fn ops_flags_reach_the_config() {
             max_rows_per_batch: 7,
             max_concurrent_calls: 3,
             call_timeout: Some(Duration::from_millis(1500)),
+            idle_timeout: Duration::from_secs(4),
+            max_batch_image_bytes: 5000,
+            max_input_bytes_in_flight: 6000,
+        }
+    );
+    assert_eq!(
+        args.server_config().connections,
+        ConnectionLimits {
+            max_connections: 9,
+            max_streams_per_connection: 5,
+            handshake_timeout: Duration::from_millis(500),
+            idle_timeout: Duration::from_secs(60),
+            keepalive_interval: Duration::from_secs(11),
+            keepalive_timeout: Duration::from_secs(12),
         }
     );
     assert_eq!(args.ops.drain_timeout, Duration::from_secs(2));

@@ -41,6 +41,7 @@ use std::path::{Path, PathBuf};
 
 use arrow_array::RecordBatch;
 use arrow_schema::{ArrowError, SchemaRef};
+use pixelfeed_schema::excerpt;
 
 pub(crate) use batcher::TextImageBatcher;
 pub(crate) use files::{filter_glob, list_files, read_capped, source_files};
@@ -51,7 +52,7 @@ pub use uri::SourceUri;
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
     /// The dataset URI is malformed or names an unsupported option.
-    #[error("invalid dataset URI {uri:?}: {reason}")]
+    #[error("invalid dataset URI {}: {reason}", excerpt(uri))]
     Uri {
         /// The URI as given.
         uri: String,
@@ -82,10 +83,14 @@ pub enum DatasetError {
     #[error("{0}")]
     Invalid(String),
     /// No dataset is registered under this name.
-    #[error("no dataset named {0:?} is registered")]
+    #[error("no dataset named {} is registered", excerpt(.0))]
     Unknown(String),
     /// The name is taken by a dataset with a different URI.
-    #[error("a dataset named {name:?} is already registered with URI {uri:?}")]
+    #[error(
+        "a dataset named {} is already registered with URI {}",
+        excerpt(name),
+        excerpt(uri)
+    )]
     Conflict {
         /// The name asked for.
         name: String,

@@ -5,6 +5,7 @@ use std::ops::Range;
 use std::sync::{Arc, RwLock};
 
 use arrow_schema::SchemaRef;
+use pixelfeed_schema::excerpt;
 
 use crate::{BatchIter, DatasetError, DatasetSource, ReadOptions, SourceUri};
 
@@ -84,7 +85,8 @@ pub fn check_name(name: &str) -> Result<(), DatasetError> {
         Ok(())
     } else {
         Err(DatasetError::Invalid(format!(
-            "dataset name {name:?} must be 1-128 characters of A-Z a-z 0-9 _ - . not starting with ."
+            "dataset name {} must be 1-128 characters of A-Z a-z 0-9 _ - . not starting with .",
+            excerpt(name)
         )))
     }
 }

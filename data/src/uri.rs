@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use pixelfeed_schema::excerpt;
+
 use crate::{directory, parquet, tar, DatasetError, DatasetSource};
 
 /// Where a dataset comes from, parsed from its URI:
@@ -59,7 +61,7 @@ impl SourceUri {
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair
                 .split_once('=')
-                .ok_or_else(|| bad(format!("option {pair:?} is not key=value")))?;
+                .ok_or_else(|| bad(format!("option {} is not key=value", excerpt(pair))))?;
             options.insert(k.to_string(), v.to_string());
         }
         let path = PathBuf::from(path);
@@ -75,13 +77,14 @@ impl SourceUri {
         };
         if let Some(k) = options.keys().find(|k| !allowed.contains(&k.as_str())) {
             return Err(bad(format!(
-                "unknown option {k:?} for a {kind} source (allowed: {})",
+                "unknown option {} for a {kind} source (allowed: {})",
+                excerpt(k),
                 allowed.join(", ")
             )));
         }
         let glob = options.remove("glob");
         if let Some(g) = &glob {
-            ::glob::Pattern::new(g).map_err(|e| bad(format!("bad glob {g:?}: {e}")))?;
+            ::glob::Pattern::new(g).map_err(|e| bad(format!("bad glob {}: {e}", excerpt(g))))?;
         }
         Ok(match kind {
             "parquet" => Self::Parquet {

@@ -186,3 +186,10 @@ pub fn process_batch(
 ) -> Result<RecordBatch, EngineError> {
     process_batch_timed(batch, spec, config, alloc, first_row).map(|(out, _)| out)
 }
+
+/// How many worker threads [`process_batch`] spreads rows over: the size
+/// of the global rayon pool (set once by its builder, e.g. `--threads`;
+/// rayon's default is one per logical CPU).
+pub fn worker_threads() -> usize {
+    rayon::current_num_threads()
+}

@@ -20,12 +20,14 @@
 //! checked against these constants by `tests/contract.rs` and against the
 //! Python client's copy by `tests/python/test_contract.py`.
 
+pub mod excerpt;
 pub mod extension;
 pub mod output;
 pub mod row_error;
 pub mod spec;
 pub mod ticket;
 
+pub use excerpt::excerpt;
 pub use extension::{
     tensor_field, value_type, FixedShapeTensorMetadata, EXTENSION_METADATA_KEY, EXTENSION_NAME_KEY,
     FIXED_SHAPE_TENSOR,

@@ -12,6 +12,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::excerpt;
 use crate::spec::TransformSpec;
 use crate::DEFAULT_PRESET;
 
@@ -124,7 +125,8 @@ impl InfoRequest {
     pub fn from_path(path: &[String]) -> Result<Self, TicketError> {
         let [name] = path else {
             return Err(TicketError(format!(
-                "a PATH descriptor must hold exactly one element, the dataset name; got {path:?}"
+                "a PATH descriptor must hold exactly one element, the dataset name; got {} elements",
+                path.len()
             )));
         };
         Ok(Self {
@@ -153,7 +155,8 @@ impl InfoRequest {
             .find(|k| !matches!(k.as_str(), "dataset" | "spec" | "shards"))
         {
             return Err(TicketError(format!(
-                "unknown field {k:?} in the CMD descriptor (expected dataset, spec, shards)"
+                "unknown field {} in the CMD descriptor (expected dataset, spec, shards)",
+                excerpt(k)
             )));
         }
         let dataset = obj

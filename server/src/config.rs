@@ -50,7 +50,36 @@ pub struct CallLimits {
     /// Longest a call may run, streaming included; the client's own
     /// `grpc-timeout`, when earlier, wins. `None`: no server-side limit.
     pub call_timeout: Option<Duration>,
+    /// Most bytes of encoded images one input batch may hold, counting a
+    /// value each time a row names it (binary views can share data, so a
+    /// small message could otherwise ask for unbounded decoding work).
+    /// `RESOURCE_EXHAUSTED` past it. The CLI sets it to
+    /// `--max-message-bytes`: no more than one plain message could carry.
+    pub max_batch_image_bytes: usize,
+    /// Longest a streaming call (`DoExchange`, `DoPut`, `DoGet`) may make
+    /// no progress — no input message completed, no output message taken
+    /// by the client, no batch in the engine — before it is ended
+    /// (`CANCELLED`): its call slot, pool blocks and buffers come back even
+    /// when the client neither sends nor reads. A first message counts, so
+    /// a call that sends only headers ends after this long too.
+    pub idle_timeout: Duration,
+    /// Most encoded input bytes in flight across all calls: received (whole
+    /// messages or parts) and not yet through the engine. A call whose next
+    /// bytes do not fit waits (its client is held back by HTTP/2 flow
+    /// control) and fails with `RESOURCE_EXHAUSTED` after
+    /// [`Self::idle_timeout`] without room. Must be at least the largest
+    /// message ([`ServerConfig::max_message_bytes`]).
+    pub max_input_bytes_in_flight: usize,
 }
+
+/// Default [`CallLimits::idle_timeout`]: long enough for a slow reader or
+/// a large upload on a slow link, short enough that stuck calls free their
+/// slots within a minute.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default [`CallLimits::max_input_bytes_in_flight`]: 1 GiB, four of the
+/// largest messages.
+pub const DEFAULT_MAX_INPUT_BYTES_IN_FLIGHT: usize = 1 << 30;
 
 impl Default for CallLimits {
     fn default() -> Self {
@@ -58,6 +87,44 @@ impl Default for CallLimits {
             max_rows_per_batch: DEFAULT_MAX_ROWS_PER_BATCH,
             max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS,
             call_timeout: None,
+            max_batch_image_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_input_bytes_in_flight: DEFAULT_MAX_INPUT_BYTES_IN_FLIGHT,
+        }
+    }
+}
+
+/// Limits on connections, below the calls they carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Most connections open at once; more wait in the kernel's accept
+    /// backlog until one closes.
+    pub max_connections: usize,
+    /// Most calls (HTTP/2 streams) in progress on one connection, the gRPC
+    /// health service's `Watch` included.
+    pub max_streams_per_connection: u32,
+    /// A connection that has made no call this long after it was accepted
+    /// (no HTTP/2 preface, a stalled TLS handshake) is closed.
+    pub handshake_timeout: Duration,
+    /// A connection with no call in progress for this long is closed.
+    pub idle_timeout: Duration,
+    /// HTTP/2 keepalive: the server pings a connection this often and
+    /// closes it when a ping goes unanswered for [`Self::keepalive_timeout`]
+    /// (a peer that vanished without closing its socket).
+    pub keepalive_interval: Duration,
+    /// See [`Self::keepalive_interval`].
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            max_streams_per_connection: 64,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -166,6 +233,8 @@ pub struct ServerConfig {
     pub service: ServiceConfig,
     /// Serve over TLS (`None`: plaintext h2c).
     pub tls: Option<TlsConfig>,
+    /// Connection counts and time limits.
+    pub connections: ConnectionLimits,
 }
 
 impl Default for ServerConfig {
@@ -175,6 +244,7 @@ impl Default for ServerConfig {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             service: ServiceConfig::default(),
             tls: None,
+            connections: ConnectionLimits::default(),
         }
     }
 }

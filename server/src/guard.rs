@@ -28,8 +28,11 @@ use tower_service::Service;
 use tracing::Instrument as _;
 
 use crate::auth::{self, AuthToken};
+use crate::budget::{InputBudget, InputMeter, MeteredBody};
 use crate::config::CallLimits;
+use crate::conn::{ActiveCall, ConnInfo};
 use crate::metrics::{GaugeGuard, Metrics};
+use crate::watch::CallWatch;
 
 /// The gRPC method path of `Handshake`, which authenticates itself.
 const HANDSHAKE_METHOD: &str = "Handshake";
@@ -41,6 +44,7 @@ struct GuardState {
     calls: Arc<Semaphore>,
     limits: CallLimits,
     metrics: Arc<Metrics>,
+    input: Arc<InputBudget>,
 }
 
 /// A tower service running `S` behind the call guard.
@@ -65,6 +69,10 @@ impl<S> Guarded<S> {
                 token,
                 calls: Arc::new(Semaphore::new(limits.max_concurrent_calls.max(1))),
                 limits,
+                input: InputBudget::new(
+                    limits.max_input_bytes_in_flight,
+                    metrics.input_bytes_in_flight().clone(),
+                ),
                 metrics,
             }),
         }
@@ -133,6 +141,14 @@ fn deadline_status(after: Duration) -> Status {
     ))
 }
 
+/// The streaming calls, whose progress is watched (`--idle-timeout`).
+const STREAMING_METHODS: &[&str] = &["DoExchange", "DoPut", "DoGet"];
+
+/// The longest `grpc-message` the server sends. Standard clients drop an
+/// answer whose metadata passes ~8-16 KiB and report RESOURCE_EXHAUSTED
+/// instead of the real status, so no message may quote unbounded input.
+pub(crate) const MAX_STATUS_MESSAGE_BYTES: usize = 1024;
+
 /// Lives as long as the call: holds its concurrency slot and gauge, and
 /// reports the call when it ends.
 struct CallScope {
@@ -142,11 +158,22 @@ struct CallScope {
     code: tonic::Code,
     metrics: Arc<Metrics>,
     _active: GaugeGuard,
-    _permit: OwnedSemaphorePermit,
+    /// The call's slot; the watchdog takes it early from a call that makes
+    /// no progress.
+    permit: Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>,
+    /// The call's place in its connection's count of calls in progress.
+    _on_connection: Option<ActiveCall>,
+    watchdog: Option<tokio::task::AbortHandle>,
 }
 
 impl Drop for CallScope {
     fn drop(&mut self) {
+        if let Some(dog) = &self.watchdog {
+            dog.abort();
+        }
+        if let Ok(mut permit) = self.permit.lock() {
+            permit.take();
+        }
         let elapsed = self.started.elapsed();
         self.metrics.record_call(self.method, self.code);
         self.span.record("code", tracing::field::debug(self.code));
@@ -187,20 +214,17 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let state = Arc::clone(&self.state);
         Box::pin(async move {
+            let mut request = request;
             let method = method_name(request.uri().path());
-            let peer = request
-                .extensions()
-                .get::<tonic::transport::server::TcpConnectInfo>()
-                .and_then(|info| info.remote_addr())
-                .or_else(|| {
-                    type Tls = tonic::transport::server::TlsConnectInfo<
-                        tonic::transport::server::TcpConnectInfo,
-                    >;
-                    request
-                        .extensions()
-                        .get::<Tls>()
-                        .and_then(|info| info.get_ref().remote_addr())
-                });
+            let conn = request.extensions().get::<ConnInfo>().cloned().or_else(|| {
+                type Tls = tonic::transport::server::TlsConnectInfo<ConnInfo>;
+                request
+                    .extensions()
+                    .get::<Tls>()
+                    .map(|info| info.get_ref().clone())
+            });
+            let peer = conn.as_ref().and_then(ConnInfo::remote_addr);
+            let on_connection = conn.map(|c| c.state.call_started());
             let span = tracing::info_span!(
                 "call",
                 method,
@@ -229,6 +253,34 @@ where
             };
             let started = Instant::now();
             let deadline = call_deadline(state.limits.call_timeout, request.headers());
+            let permit = Arc::new(std::sync::Mutex::new(Some(permit)));
+            let meter = InputMeter::new(&state.input);
+            let watch = STREAMING_METHODS.contains(&method).then(|| {
+                let watch = CallWatch::new(state.limits.idle_timeout, Some(Arc::clone(&meter)));
+                request.extensions_mut().insert(Arc::clone(&watch));
+                watch
+            });
+            let request = request.map(|body| {
+                Body::new(MeteredBody::new(
+                    body,
+                    meter,
+                    watch.clone(),
+                    state.limits.idle_timeout,
+                ))
+            });
+            // Frees a stuck call's slot even while HTTP/2 flow control keeps
+            // its stream open; the data path sees the cancellation too.
+            let watchdog = watch.as_ref().map(|watch| {
+                let (watch, permit, span) = (Arc::clone(watch), Arc::clone(&permit), span.clone());
+                tokio::spawn(async move {
+                    watch.watchdog().await;
+                    tracing::info!(parent: &span, "no progress for the idle timeout: call ended");
+                    if let Ok(mut permit) = permit.lock() {
+                        permit.take();
+                    }
+                })
+                .abort_handle()
+            });
             let mut scope = CallScope {
                 span: span.clone(),
                 method,
@@ -236,22 +288,41 @@ where
                 code: tonic::Code::Ok,
                 metrics: Arc::clone(&state.metrics),
                 _active: state.metrics.active_call(),
-                _permit: permit,
+                permit,
+                _on_connection: on_connection,
+                watchdog,
             };
             let call = inner.call(request).instrument(span);
-            let response = match deadline {
-                None => call.await,
-                Some(after) => {
-                    match tokio::time::timeout_at((started + after).into(), call).await {
-                        Ok(response) => response,
-                        Err(_) => {
-                            scope.code = tonic::Code::DeadlineExceeded;
-                            return Ok(deadline_status(after).into_http());
-                        }
-                    }
+            let cancelled = async {
+                match &watch {
+                    Some(watch) => watch.cancelled().await,
+                    None => std::future::pending().await,
                 }
             };
-            let Ok(response) = response;
+            let bounded = async {
+                match deadline {
+                    None => Ok(call.await),
+                    Some(after) => tokio::time::timeout_at((started + after).into(), call).await,
+                }
+            };
+            let response = tokio::select! {
+                response = bounded => response,
+                () = cancelled => {
+                    scope.code = tonic::Code::Cancelled;
+                    let status = watch.as_ref().map_or_else(|| Status::cancelled(""), |w| w.status());
+                    return Ok(status.into_http());
+                }
+            };
+            let response = match response {
+                Ok(Ok(response)) => response,
+                Err(_) => {
+                    scope.code = tonic::Code::DeadlineExceeded;
+                    let after = deadline.unwrap_or_default();
+                    return Ok(deadline_status(after).into_http());
+                }
+            };
+            let mut response = response;
+            bound_status_message(response.headers_mut());
             if let Some(code) = status_code(response.headers()) {
                 scope.code = code;
             }
@@ -264,6 +335,7 @@ where
                             Box::pin(tokio::time::sleep_until((started + after).into())),
                         )
                     }),
+                    watch,
                     scope,
                     done: false,
                 })
@@ -273,12 +345,52 @@ where
 }
 
 /// A response body that ends the call with `DEADLINE_EXCEEDED` when its
-/// deadline passes, and reports the call when dropped.
+/// deadline passes (`CANCELLED` when its watch gives up on it), bounds the
+/// status message of its trailers, and reports the call when dropped.
 struct GuardedBody {
     inner: Body,
     deadline: Option<(Duration, Pin<Box<Sleep>>)>,
+    watch: Option<Arc<CallWatch>>,
     scope: CallScope,
     done: bool,
+}
+
+impl GuardedBody {
+    /// Ends the body with `status` in its trailers and drops the service's
+    /// stream now, so its producer stops and returns its pool blocks.
+    fn end_with(&mut self, status: Status) -> Poll<Option<Result<Frame<bytes::Bytes>, Status>>> {
+        self.done = true;
+        self.scope.code = status.code();
+        self.inner = Body::empty();
+        let mut trailers = http::HeaderMap::new();
+        Poll::Ready(Some(match status.add_header(&mut trailers) {
+            Ok(()) => Ok(Frame::trailers(trailers)),
+            Err(e) => Err(e),
+        }))
+    }
+}
+
+/// Cuts a `grpc-message` header longer than [`MAX_STATUS_MESSAGE_BYTES`]
+/// (percent-encoded, as gRPC sends it) at a character boundary, marking
+/// the cut.
+fn bound_status_message(headers: &mut http::HeaderMap) {
+    let Some(value) = headers.get("grpc-message") else {
+        return;
+    };
+    if value.len() <= MAX_STATUS_MESSAGE_BYTES {
+        return;
+    }
+    let bytes = value.as_bytes();
+    let mut end = MAX_STATUS_MESSAGE_BYTES;
+    // Never split a %XX escape.
+    while end > 0 && bytes[..end].iter().rev().take(2).any(|&b| b == b'%') {
+        end -= 1;
+    }
+    let mut cut = bytes[..end].to_vec();
+    cut.extend_from_slice(b"...%20(cut)");
+    if let Ok(value) = http::HeaderValue::from_bytes(&cut) {
+        headers.insert("grpc-message", value);
+    }
 }
 
 impl HttpBody for GuardedBody {
@@ -294,24 +406,26 @@ impl HttpBody for GuardedBody {
         }
         if let Some((after, sleep)) = &mut self.deadline {
             if sleep.as_mut().poll(cx).is_ready() {
-                let after = *after;
-                self.done = true;
-                self.scope.code = tonic::Code::DeadlineExceeded;
-                // Drop the service's stream now: its producer stops and
-                // returns its pool blocks.
-                self.inner = Body::empty();
-                let mut trailers = http::HeaderMap::new();
-                let status = deadline_status(after);
-                return Poll::Ready(Some(match status.add_header(&mut trailers) {
-                    Ok(()) => Ok(Frame::trailers(trailers)),
-                    Err(e) => Err(e),
-                }));
+                let status = deadline_status(*after);
+                return self.end_with(status);
             }
         }
-        let frame = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &frame {
-            if let Some(code) = frame.trailers_ref().and_then(status_code) {
-                self.scope.code = code;
+        if let Some(watch) = &self.watch {
+            if watch.is_cancelled() {
+                let status = watch.status();
+                return self.end_with(status);
+            }
+        }
+        let mut frame = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &mut frame {
+            if let Some(trailers) = frame.trailers_mut() {
+                bound_status_message(trailers);
+                if let Some(code) = status_code(trailers) {
+                    self.scope.code = code;
+                }
+            } else if let Some(watch) = &self.watch {
+                // The client took an output message: progress.
+                watch.touch();
             }
         }
         frame

@@ -42,7 +42,9 @@
 //! caught on the blocking thread and become `Internal`.
 
 mod auth;
+mod budget;
 mod config;
+mod conn;
 mod guard;
 mod metrics;
 mod rpc;
@@ -50,11 +52,13 @@ mod serve;
 mod service;
 mod split;
 mod stream;
+mod watch;
 
 pub use auth::{AuthError, AuthToken};
 pub use config::{
-    CallLimits, DatasetsConfig, ServerConfig, ServiceConfig, TlsConfig, DEFAULT_LISTEN,
-    DEFAULT_MAX_CONCURRENT_CALLS, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_ROWS_PER_BATCH,
+    CallLimits, ConnectionLimits, DatasetsConfig, ServerConfig, ServiceConfig, TlsConfig,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_CONCURRENT_CALLS,
+    DEFAULT_MAX_INPUT_BYTES_IN_FLIGHT, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_ROWS_PER_BATCH,
     DEFAULT_TARGET_MESSAGE_BYTES, DEFAULT_UPLOAD_CAP_BYTES,
 };
 pub use metrics::{serve_metrics, Metrics};

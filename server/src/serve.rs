@@ -9,7 +9,6 @@ use std::time::Duration;
 use arrow_flight::flight_service_server::FlightServiceServer;
 use futures::{Stream, StreamExt};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::config::ServerConfig;
@@ -45,6 +44,9 @@ pub enum ServerError {
     /// The gRPC transport failed while serving.
     #[error("the gRPC transport failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// Two settings contradict each other.
+    #[error("invalid configuration: {0}")]
+    Config(String),
     /// The background server task panicked or was cancelled.
     #[error("the server task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -70,9 +72,17 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
 /// A server builder with the transport settings and TLS of `config`
 /// (fails on an unusable certificate or key).
 fn transport(config: &ServerConfig) -> Result<Server, ServerError> {
+    let limits = &config.connections;
     let builder = Server::builder()
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        // Requests that reset streams as fast as they open them (the
+        // HTTP/2 "rapid reset" attack) are refused past this.
+        .http2_max_pending_accept_reset_streams(Some(64))
+        .http2_max_header_list_size(64 << 10);
     match &config.tls {
         Some(tls) => builder
             .tls_config(tls.server_tls_config())
@@ -81,9 +91,19 @@ fn transport(config: &ServerConfig) -> Result<Server, ServerError> {
     }
 }
 
-/// Checks that `config` can be served (today: that its TLS certificate and
-/// key load), so a CLI can fail before it announces readiness.
+/// Checks that `config` can be served (its limits agree, its TLS
+/// certificate and key load), so a CLI can fail before it announces
+/// readiness.
 pub fn check_config(config: &ServerConfig) -> Result<(), ServerError> {
+    let budget = config.service.limits.max_input_bytes_in_flight;
+    if budget < config.max_message_bytes {
+        return Err(ServerError::Config(format!(
+            "the input budget of {budget} bytes (--max-input-bytes-in-flight) is below the \
+             largest message of {} bytes (--max-message-bytes): such a message could never \
+             be received",
+            config.max_message_bytes
+        )));
+    }
     transport(config).map(drop)
 }
 
@@ -102,14 +122,8 @@ pub async fn serve_with_shutdown(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
-    // Small messages (schemas, action answers, short batches) should not
-    // wait for Nagle's algorithm; tonic only sets this on listeners it binds.
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        conn.and_then(|stream| {
-            stream.set_nodelay(true)?;
-            Ok(stream)
-        })
-    });
+    check_config(&config)?;
+    let incoming = crate::conn::incoming(listener, config.connections);
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<FlightServiceServer<PixelfeedService>>()

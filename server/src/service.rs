@@ -16,6 +16,7 @@ use crate::config::ServiceConfig;
 use crate::rpc::actions::{self, ACTIONS};
 use crate::rpc::{exchange, get, info, put};
 use crate::stream::FlightDataStream;
+use crate::watch::CallWatch;
 
 /// The pixelfeed Arrow Flight service: `DoExchange` turns batches of
 /// encoded images into tensor batches; `ListFlights` / `GetFlightInfo` /
@@ -41,6 +42,16 @@ impl PixelfeedService {
     pub fn config(&self) -> &ServiceConfig {
         &self.config
     }
+}
+
+/// The progress watch the call guard put on a streaming call (one that
+/// never gives up when the service runs without the guard).
+fn call_watch<T>(request: &Request<T>) -> Arc<CallWatch> {
+    request
+        .extensions()
+        .get::<Arc<CallWatch>>()
+        .cloned()
+        .unwrap_or_else(CallWatch::unwatched)
 }
 
 fn unsupported(rpc: &str) -> Status {
@@ -113,7 +124,8 @@ impl FlightService for PixelfeedService {
         &self,
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
-        let stream = get::do_get(&self.config, &request.into_inner().ticket)?;
+        let watch = call_watch(&request);
+        let stream = get::do_get(&self.config, &request.into_inner().ticket, watch)?;
         Ok(Response::new(stream))
     }
 
@@ -121,7 +133,8 @@ impl FlightService for PixelfeedService {
         &self,
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoPutStream>, Status> {
-        let answer = put::do_put(&self.config, request.into_inner()).await?;
+        let watch = call_watch(&request);
+        let answer = put::do_put(&self.config, request.into_inner(), watch).await?;
         let result = PutResult {
             app_metadata: answer.to_string().into(),
         };
@@ -132,7 +145,8 @@ impl FlightService for PixelfeedService {
         &self,
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
-        let stream = exchange::start(request.into_inner(), Arc::clone(&self.config)).await?;
+        let watch = call_watch(&request);
+        let stream = exchange::start(request.into_inner(), Arc::clone(&self.config), watch).await?;
         Ok(Response::new(stream))
     }
 

@@ -19,29 +19,33 @@
 //! control, its own upload) instead of growing server memory.
 
 use std::future::ready;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use arrow_array::RecordBatch;
-use arrow_flight::decode::FlightDataDecoder;
-use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
+use arrow_flight::encode::{DictionaryHandling, FlightDataEncoderBuilder};
 use arrow_flight::error::FlightError;
 use arrow_flight::FlightData;
-use arrow_schema::SchemaRef;
+use arrow_schema::{DataType, SchemaRef};
 use futures::stream::{self, BoxStream, Stream, StreamExt, TryStreamExt};
+use futures::FutureExt as _;
 use pixelfeed_engine::{self as engine, EngineError};
-use pixelfeed_schema::TransformSpec;
+use pixelfeed_schema::{excerpt, TransformSpec};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Status, Streaming};
+use tonic::Status;
 use tracing::Instrument as _;
 
+use crate::budget::Charge;
 use crate::config::ServiceConfig;
 use crate::metrics::{self, Metrics};
 use crate::split::split_rows;
+use crate::watch::CallWatch;
 
 /// Processed batches allowed to wait between the engine and the sender.
 pub const PIPELINE_DEPTH: usize = 2;
@@ -70,6 +74,7 @@ pub(crate) type OutputResult = Result<Output, Status>;
 pub(crate) fn spawn_pipeline<F>(
     config: &ServiceConfig,
     what: &'static str,
+    watch: Arc<CallWatch>,
     pump: impl FnOnce(mpsc::Sender<OutputResult>) -> F,
 ) -> FlightDataStream
 where
@@ -80,11 +85,23 @@ where
     let pumped = pump(tx);
     let producer = tokio::spawn(
         async move {
-            if let Err(status) = pumped.await {
-                tracing::info!(code = ?status.code(), message = status.message(), "{what} failed");
-                // A closed channel means the client went away; nobody to tell.
-                let _ = errors.send(Err(status)).await;
-            }
+            // A panic below the handlers (a third-party decoder's) ends the
+            // call with an error, never with OK and rows missing.
+            let outcome = tokio::select! {
+                outcome = AssertUnwindSafe(pumped).catch_unwind() => outcome,
+                () = watch.cancelled() => Ok(Err(watch.status())),
+            };
+            let status = match outcome {
+                Ok(Ok(())) => return,
+                Ok(Err(status)) => status,
+                Err(panic) => {
+                    tracing::error!(panic = panic_text(&*panic), "{what} producer panicked");
+                    Status::internal(format!("{what} failed: an internal error ended the call"))
+                }
+            };
+            tracing::info!(code = ?status.code(), message = status.message(), "{what} failed");
+            // A closed channel means the client went away; nobody to tell.
+            let _ = errors.send(Err(status)).await;
         }
         .in_current_span(),
     );
@@ -147,19 +164,32 @@ impl Stream for AbortOnDrop {
 /// announced `schema`, records it in the metrics and the call span, and
 /// sends it. `Ok(false)` when the response stream is gone (the client
 /// disconnected): the caller stops.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn process_and_send(
     batch: RecordBatch,
     tally: &mut Tally,
     spec: &Arc<TransformSpec>,
     config: &Arc<ServiceConfig>,
     schema: &SchemaRef,
+    watch: &Arc<CallWatch>,
     tx: &mpsc::Sender<OutputResult>,
 ) -> Result<bool, Status> {
     let input_bytes = metrics::encoded_bytes(&batch);
+    // Views (and dictionaries) let a small message name the same bytes many
+    // times; the engine's work is bounded by what a message could carry.
+    let limit = config.limits.max_batch_image_bytes;
+    if input_bytes > limit as u64 {
+        return Err(Status::resource_exhausted(format!(
+            "an input batch's image column holds {input_bytes} bytes (views sharing data count \
+             each time), over the {limit}-byte limit per batch (--max-message-bytes)"
+        )));
+    }
     let started = Instant::now();
     let rows = batch.num_rows();
     let first_row = tally.next_row;
+    let busy = watch.busy();
     let (out, report) = process(batch, first_row, Arc::clone(spec), Arc::clone(config)).await?;
+    drop(busy);
     let out = conform(out, schema)?;
     config
         .metrics
@@ -270,11 +300,88 @@ fn conform(out: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, Status> 
 /// descriptor) then the rest. Messages with neither header nor body are
 /// dropped: pyarrow opens a stream with one that carries only the
 /// descriptor, which arrow-rs's decoder would reject.
-pub(crate) fn input_decoder(first: FlightData, rest: Streaming<FlightData>) -> FlightDataDecoder {
+pub(crate) fn input_decoder<S>(first: FlightData, rest: S) -> FlightDataDecoder
+where
+    S: Stream<Item = Result<FlightData, Status>> + Send + 'static,
+{
     let messages = stream::once(ready(Ok(first)))
         .chain(rest.map_err(FlightError::from))
         .try_filter(|m| ready(!(m.data_header.is_empty() && m.data_body.is_empty())));
     FlightDataDecoder::new(messages)
+}
+
+/// The next decoded input message, its errors mapped by [`input_status`].
+/// A panic in the IPC decoder (arrow-ipc asserts on some malformed
+/// headers) becomes `INVALID_ARGUMENT`, never a silently ended call.
+/// Counts as the call's progress.
+///
+/// With the message comes its charge on the input budget
+/// ([`crate::budget`]): hold it until the message is processed.
+pub(crate) async fn next_input(
+    decoder: &mut FlightDataDecoder,
+    watch: &CallWatch,
+) -> Option<Result<(DecodedPayload, Charge), Status>> {
+    let next = AssertUnwindSafe(decoder.next()).catch_unwind().await;
+    watch.touch();
+    let charge = watch.input_charge();
+    match next {
+        Ok(None) => None,
+        Ok(Some(Ok(message))) => Some(check_payload(message.payload).map(|p| (p, charge))),
+        Ok(Some(Err(e))) => Some(Err(input_status(e))),
+        Err(panic) => Some(Err(Status::invalid_argument(format!(
+            "could not decode the input stream: malformed IPC message ({})",
+            excerpt(panic_text(&*panic))
+        )))),
+    }
+}
+
+/// Refuses what the contract does not take in: dictionary-encoded columns.
+/// Passthrough columns go back as they came, and a dictionary would have to
+/// be expanded row by row (one value of V bytes named by N rows becomes N×V
+/// bytes) or resent with every output message.
+fn check_payload(payload: DecodedPayload) -> Result<DecodedPayload, Status> {
+    if let DecodedPayload::Schema(schema) = &payload {
+        if let Some(field) = schema
+            .fields()
+            .iter()
+            .find(|f| has_dictionary(f.data_type()))
+        {
+            return Err(Status::invalid_argument(format!(
+                "column {} is dictionary-encoded; pixelfeed passes columns through unchanged and \
+                 takes no dictionaries: send it decoded (pyarrow: column.dictionary_decode())",
+                excerpt(field.name())
+            )));
+        }
+    }
+    Ok(payload)
+}
+
+/// Whether `t` is or contains a dictionary type.
+fn has_dictionary(t: &DataType) -> bool {
+    match t {
+        DataType::Dictionary(..) => true,
+        DataType::List(f)
+        | DataType::LargeList(f)
+        | DataType::ListView(f)
+        | DataType::LargeListView(f)
+        | DataType::FixedSizeList(f, _)
+        | DataType::Map(f, _) => has_dictionary(f.data_type()),
+        DataType::Struct(fields) => fields.iter().any(|f| has_dictionary(f.data_type())),
+        DataType::Union(fields, _) => fields.iter().any(|(_, f)| has_dictionary(f.data_type())),
+        DataType::RunEndEncoded(a, b) => {
+            has_dictionary(a.data_type()) || has_dictionary(b.data_type())
+        }
+        _ => false,
+    }
+}
+
+/// A panic payload's text.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message")
 }
 
 /// Maps an input-side failure: a transport status passes through (it may
@@ -286,6 +393,16 @@ pub(crate) fn input_status(e: FlightError) -> Status {
         // the client it is a server limit like the others.
         FlightError::Tonic(status) if status.code() == tonic::Code::OutOfRange => {
             Status::resource_exhausted(format!("{} (--max-message-bytes)", status.message()))
+        }
+        // A frame tonic could not decode (truncated, bad protobuf) is the
+        // client's mistake, not the server's.
+        FlightError::Tonic(status)
+            if matches!(status.code(), tonic::Code::Internal | tonic::Code::Unknown) =>
+        {
+            Status::invalid_argument(format!(
+                "could not decode the input stream: {}",
+                status.message()
+            ))
         }
         FlightError::Tonic(status) => *status,
         other => Status::invalid_argument(format!("could not decode the input stream: {other}")),
@@ -331,7 +448,10 @@ fn respond(
                 // The schema is given up front so that it is sent even when
                 // no batch follows. The encoder's own splitting is off
                 // (`usize::MAX`): `split_rows` has already sized the slices.
+                // Dictionaries (from server-side datasets; clients cannot
+                // send them) go as dictionaries, never expanded row by row.
                 FlightDataEncoderBuilder::new()
+                    .with_dictionary_handling(DictionaryHandling::Resend)
                     .with_schema(schema)
                     .with_max_flight_data_size(usize::MAX)
                     .build(batches)

@@ -417,6 +417,11 @@ PROG = {  # progressive scripts ("components: Ss Se Ah Al;")
         "0 1 2: 0 0 1 0;\n0: 10 63 0 0;\n"
     ),
     "dc_ycb_then_cr": "0 1: 0 0 0 0;\n2: 0 0 0 0;\n1: 1 63 0 0;\n0: 1 63 0 0;\n2: 1 63 0 0;\n",
+    # Refinement stops early (DC at Al=1, luma AC at Al=1): libjpeg's block
+    # smoothing estimates the missing bits.
+    "unrefined": "0 1 2: 0 0 0 1;\n0: 1 63 0 2;\n1: 1 63 0 0;\n2: 1 63 0 0;\n0: 1 63 2 1;\n",
+    # Luma AC never coded past index 9.
+    "ac_band_missing": "0 1 2: 0 0 0 0;\n0: 1 9 0 0;\n1: 1 63 0 0;\n2: 1 63 0 0;\n",
 }
 GRAY_SEQ = "0;\n"
 CMYK_SEQ = "0;\n1;\n2;\n3;\n"
@@ -874,7 +879,11 @@ def validate(outdir: Path, workers: Optional[int] = None) -> List[str]:
         if ppm_bytes(again) != (Path(outdir) / f"{name}.ppm").read_bytes():
             return f"{name}: Pillow decodes differently from NAME.ppm"
         worst = max((abs(a - b) for a, b in zip(dj, pil)), default=0)
-        allowed = 1 if cmyk else 0
+        # Block smoothing (progressive files refined short of full precision)
+        # changed after libjpeg-turbo 2.1, which a distribution's djpeg may be;
+        # Pillow bundles 3.x, the version pixelfeed builds.
+        smoothed = "unrefined" in name
+        allowed = 1 if cmyk else 2 if smoothed else 0
         if worst > allowed:
             return f"{name}: djpeg and Pillow differ by up to {worst} (allowed {allowed})"
         return None

@@ -298,6 +298,32 @@ def test_passthrough_column_names_reserved(client):
         list(client.preprocess(table))
 
 
+def test_dictionary_columns_are_sent_decoded(client):
+    # The server refuses dictionaries (they would be expanded row by row on
+    # the way back); the client decodes them, so categoricals just work.
+    labels = pa.array(["cat", "dog", "cat"]).dictionary_encode()
+    table = pa.table({"image": pa.array(_images()[:3], pa.binary()), "label": labels})
+    out = pa.Table.from_batches(list(client.preprocess(table, spec=UINT8_SMALL)))
+    assert out.column("label").type == pa.string()
+    assert out.column("label").to_pylist() == ["cat", "dog", "cat"]
+
+
+def test_a_raw_dictionary_column_is_invalid_argument(location):
+    # Written with pyarrow directly, the dictionary reaches the server.
+    labels = pa.array(["cat", "dog"]).dictionary_encode()
+    table = pa.table({"image": pa.array(_images()[:2], pa.binary()), "label": labels})
+    raw = flight.connect(location)
+    descriptor = flight.FlightDescriptor.for_command(json.dumps(UINT8_SMALL).encode())
+    writer, reader = raw.do_exchange(descriptor)
+    # INVALID_ARGUMENT is pyarrow's ArrowInvalid.
+    with pytest.raises(pa.ArrowInvalid, match="dictionary-encoded"):
+        writer.begin(table.schema)
+        writer.write_table(table)
+        writer.done_writing()
+        reader.read_all()
+    raw.close()
+
+
 def test_calls_the_server_ends_early_never_crash_the_client(client):
     # Regression: with a writer thread, the server ending a call (here: a
     # reserved column name) while the client was still writing made Arrow

@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 
 pub(crate) use convert::{ConvertArgs, FormatArg};
 pub(crate) use engine::EngineArgs;
-pub(crate) use serve::{DatasetArgs, OpsArgs, PinnedArg, ServeArgs};
+pub(crate) use serve::{ConnectionArgs, DatasetArgs, OpsArgs, PinnedArg, ServeArgs};
 
 /// Turns record batches of encoded images into Arrow tensor batches over
 /// Arrow Flight.

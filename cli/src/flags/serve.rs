@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use clap::Args;
 use pixelfeed_server::{
-    DEFAULT_LISTEN, DEFAULT_MAX_CONCURRENT_CALLS, DEFAULT_MAX_MESSAGE_BYTES,
-    DEFAULT_MAX_ROWS_PER_BATCH, DEFAULT_TARGET_MESSAGE_BYTES, DEFAULT_UPLOAD_CAP_BYTES,
+    DEFAULT_LISTEN, DEFAULT_MAX_CONCURRENT_CALLS, DEFAULT_MAX_INPUT_BYTES_IN_FLIGHT,
+    DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_ROWS_PER_BATCH, DEFAULT_TARGET_MESSAGE_BYTES,
+    DEFAULT_UPLOAD_CAP_BYTES,
 };
 
 use super::engine::EngineArgs;
@@ -99,6 +100,23 @@ pub(crate) struct OpsArgs {
     #[arg(long, value_parser = seconds)]
     pub(crate) call_timeout: Option<Duration>,
 
+    /// Longest a streaming call (DoExchange, DoPut, DoGet) may make no
+    /// progress, in seconds: no input message arrives, the client takes no
+    /// output, no batch is being processed. It then ends with CANCELLED and
+    /// its slot and buffers come back.
+    #[arg(long, default_value = "30", value_parser = seconds)]
+    pub(crate) idle_timeout: Duration,
+
+    /// Most encoded input bytes in flight across all calls: received and
+    /// not yet through the engine. Calls whose next bytes do not fit wait,
+    /// then fail with RESOURCE_EXHAUSTED after --idle-timeout. At least
+    /// --max-message-bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_INPUT_BYTES_IN_FLIGHT, value_parser = positive_usize)]
+    pub(crate) max_input_bytes_in_flight: usize,
+
+    #[command(flatten)]
+    pub(crate) connections: ConnectionArgs,
+
     /// Serve Prometheus metrics at http://ADDR/metrics (off by default;
     /// port 0 picks a free port, announced as `pixelfeed metrics on ADDR`).
     #[arg(long)]
@@ -108,6 +126,38 @@ pub(crate) struct OpsArgs {
     /// in seconds.
     #[arg(long, default_value = "30", value_parser = seconds)]
     pub(crate) drain_timeout: Duration,
+}
+
+/// `serve` flags bounding connections (HTTP/2 level, before any call).
+#[derive(Debug, Args)]
+pub(crate) struct ConnectionArgs {
+    /// Most client connections open at once; more wait in the kernel's
+    /// accept backlog.
+    #[arg(long, default_value = "1024", value_parser = positive_usize)]
+    pub(crate) max_connections: usize,
+
+    /// Most calls in progress on one connection (HTTP/2
+    /// SETTINGS_MAX_CONCURRENT_STREAMS).
+    #[arg(long, default_value = "64", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) max_streams_per_connection: u32,
+
+    /// Seconds a new connection has to start its first call (TLS handshake
+    /// and HTTP/2 preface included) before it is closed.
+    #[arg(long, default_value = "10", value_parser = seconds)]
+    pub(crate) handshake_timeout: Duration,
+
+    /// Seconds a connection may stay open with no call in progress.
+    #[arg(long, default_value = "300", value_parser = seconds)]
+    pub(crate) connection_idle_timeout: Duration,
+
+    /// Seconds between HTTP/2 keepalive pings to each client; a client
+    /// that does not answer one within --keepalive-timeout is dropped.
+    #[arg(long, default_value = "30", value_parser = seconds)]
+    pub(crate) keepalive_interval: Duration,
+
+    /// Seconds to wait for a keepalive ping's answer.
+    #[arg(long, default_value = "20", value_parser = seconds)]
+    pub(crate) keepalive_timeout: Duration,
 }
 
 /// `serve` flags for server-side datasets.

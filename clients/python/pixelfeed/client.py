@@ -103,6 +103,30 @@ def _check_input_schema(schema: pa.Schema) -> None:
         raise TypeError(f"column '{IMAGE_COLUMN}' must be binary, large_binary or binary_view, got {typ}")
 
 
+def _without_dictionaries(
+    schema: pa.Schema, batches: Iterator[pa.RecordBatch]
+) -> Tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """Decode top-level dictionary columns (e.g. pandas categoricals).
+
+    The server passes extra columns through unchanged and refuses
+    dictionary-encoded ones (a dictionary would have to be expanded row by
+    row on the way back); decoding here sends each row's value instead.
+    """
+    if not any(pa.types.is_dictionary(f.type) for f in schema):
+        return schema, batches
+    plain = pa.schema(
+        [f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f for f in schema],
+        metadata=schema.metadata,
+    )
+
+    def decoded() -> Iterator[pa.RecordBatch]:
+        for b in batches:
+            columns = [c.dictionary_decode() if pa.types.is_dictionary(c.type) else c for c in b.columns]
+            yield pa.RecordBatch.from_arrays(columns, schema=plain)
+
+    return plain, decoded()
+
+
 def _input_stream(images: ImagesLike, batch_size: int) -> Tuple[pa.Schema, Iterator[pa.RecordBatch]]:
     """Normalise any accepted ``images`` argument to (schema, batch iterator).
 
@@ -273,8 +297,9 @@ class Client:
             A list (or any iterable) of encoded image ``bytes`` (``None`` for a
             missing image), a ``pyarrow.Table`` / ``RecordBatch`` /
             ``RecordBatchReader`` with an ``image`` column (binary,
-            large_binary or binary_view; other columns pass through), or an
-            iterable of ``RecordBatch``es sharing one schema. Lazy iterables are
+            large_binary or binary_view; other columns pass through, and
+            dictionary-encoded ones, which the server refuses, are sent
+            decoded), or an iterable of ``RecordBatch``es sharing one schema. Lazy iterables are
             consumed as the stream goes, not up front.
         spec:
             ``None`` (the ``imagenet`` preset), a preset name, a dict such as
@@ -309,7 +334,7 @@ class Client:
         batch is requested. Breaking out of the loop cancels the call.
         """
         command = encode_spec(spec)
-        schema, batches = _input_stream(images, batch_size)
+        schema, batches = _without_dictionaries(*_input_stream(images, batch_size))
         _check_input_schema(schema)
         return self._exchange(command, schema, batches, self.connection.options(timeout))
 

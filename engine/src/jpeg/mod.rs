@@ -405,6 +405,12 @@ pub(crate) struct ScanFacts {
     pub scans: u32,
     /// Quantisation tables (bit per id) defined after the first scan began.
     pub tables_after_scan: u8,
+    /// Whether the scans leave some coded component's coefficient short of
+    /// full precision (a progressive file whose successive-approximation
+    /// refinement stops early, or that never codes some AC band): libjpeg
+    /// then estimates the missing bits ("block smoothing"), other decoders
+    /// do not.
+    pub unrefined: bool,
 }
 
 /// Appends the scan data (first SOS up to and including the first EOI, or
@@ -443,10 +449,15 @@ pub(crate) fn finish_stream(
         Some(problem) => Some(problem.to_string()),
         None => None,
     };
+    // Sequential decoders ignore Ss/Se/Al, so only progressive scans count.
+    let unrefined = header.progressive
+        && (0..header.components)
+            .any(|i| scan.coded & (1 << i) != 0 && scan.refined[usize::from(i)] != u64::MAX);
     Ok(ScanFacts {
         warning,
         scans: scan.scans,
         tables_after_scan: scan.tables,
+        unrefined,
     })
 }
 
@@ -464,6 +475,9 @@ struct ScanEnd {
     tables: u8,
     /// The frame components (bit per index) some scan codes.
     coded: u8,
+    /// Per frame component, the coefficients (bit per zigzag index) some
+    /// scan codes to full precision (successive approximation low bit 0).
+    refined: [u64; 4],
 }
 
 /// Walks the entropy-coded data from the SOS at `sos`: restart markers must
@@ -473,24 +487,26 @@ fn check_scan_markers(data: &[u8], sos: usize, frame: &Frame) -> ScanEnd {
     let mut expected = 0u8;
     let mut problem = None;
     let (mut scans, mut tables, mut coded) = (0u32, 0u8, 0u8);
+    let mut refined = [0u64; 4];
     let mut pos = sos;
-    let to_the_end = |problem, scans, tables, coded| ScanEnd {
+    let to_the_end = |problem, scans, tables, coded, refined| ScanEnd {
         end: data.len(),
         eoi: false,
         problem,
         scans,
         tables,
         coded,
+        refined,
     };
     loop {
         // memchr: SIMD search; this walk reads every byte of the scan data
         // (2–3 % of a row's time with a byte-by-byte search).
         let Some(ff) = data.get(pos..).and_then(|rest| memchr::memchr(0xFF, rest)) else {
-            return to_the_end(problem, scans, tables, coded);
+            return to_the_end(problem, scans, tables, coded, refined);
         };
         pos += ff;
         let Some(&m) = data.get(pos + 1) else {
-            return to_the_end(problem, scans, tables, coded);
+            return to_the_end(problem, scans, tables, coded, refined);
         };
         match m {
             // Stuffed zero or a fill byte: not a marker.
@@ -514,6 +530,7 @@ fn check_scan_markers(data: &[u8], sos: usize, frame: &Frame) -> ScanEnd {
                     scans,
                     tables,
                     coded,
+                    refined,
                 }
             }
             _ => {
@@ -521,7 +538,7 @@ fn check_scan_markers(data: &[u8], sos: usize, frame: &Frame) -> ScanEnd {
                 // skip it by its length. A bad length is left for the
                 // decoder to report; the check simply stops here.
                 let Some(len) = data.get(pos + 2..pos + 4) else {
-                    return to_the_end(problem, scans, tables, coded);
+                    return to_the_end(problem, scans, tables, coded, refined);
                 };
                 let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
                 let payload = data.get(pos + 4..pos + 2 + len).unwrap_or_default();
@@ -530,10 +547,16 @@ fn check_scan_markers(data: &[u8], sos: usize, frame: &Frame) -> ScanEnd {
                         expected = 0;
                         scans += 1;
                         let n = usize::from(payload.first().copied().unwrap_or(0));
+                        // Ss, Se, Ah/Al follow the component list.
+                        let band = payload
+                            .get(1 + 2 * n..4 + 2 * n)
+                            .filter(|b| b[2] & 0x0F == 0 && b[0] <= b[1] && b[1] < 64)
+                            .map_or(0, |b| (u64::MAX >> (63 - b[1] + b[0])) << b[0]);
                         for id in payload.iter().skip(1).step_by(2).take(n) {
                             let known = &frame.ids[..usize::from(frame.components)];
                             if let Some(i) = known.iter().position(|k| k == id) {
                                 coded |= 1 << i;
+                                refined[i] |= band;
                             }
                         }
                     }
@@ -542,7 +565,7 @@ fn check_scan_markers(data: &[u8], sos: usize, frame: &Frame) -> ScanEnd {
                 }
                 pos += 2 + len;
                 if pos > data.len() {
-                    return to_the_end(problem, scans, tables, coded);
+                    return to_the_end(problem, scans, tables, coded, refined);
                 }
             }
         }
@@ -551,6 +574,7 @@ fn check_scan_markers(data: &[u8], sos: usize, frame: &Frame) -> ScanEnd {
 
 /// What the row asks of a decoder.
 #[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(feature = "turbojpeg"), allow(dead_code))]
 pub(crate) struct Request {
     /// Which decoder (resolved: never [`JpegDecoder::Auto`]).
     pub decoder: JpegDecoder,

@@ -55,6 +55,14 @@ pub(crate) fn check_layout(header: &JpegHeader<'_>, facts: &ScanFacts) -> Result
     if components.iter().any(|c| c.1 > 1 && c.1 < v_max) {
         return refuse("a vertical sampling factor between 1 and the largest");
     }
+    // libjpeg-turbo (and Pillow) estimate the missing low bits of such
+    // files from neighbouring blocks; zune-jpeg leaves them zero (mean
+    // differences of 2-3, up to 14).
+    if facts.unrefined {
+        return refuse(
+            "progressive JPEG whose scans stop before full precision (libjpeg block smoothing)",
+        );
+    }
     let late = facts.tables_after_scan & !header.tables_before_scan;
     if components.iter().any(|c| late & (1 << c.2) != 0) {
         return refuse("a quantisation table first defined between scans");

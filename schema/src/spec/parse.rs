@@ -3,6 +3,8 @@
 
 use serde_json::{Map, Value};
 
+use crate::excerpt;
+
 use super::{
     color_channels, preset, Color, Crop, DType, Filter, Flip, JpegDecoder, Layout, Normalize,
     Resize, SpecError, TransformSpec, MAX_OUTPUT_SIDE, PRESET_NAMES,
@@ -61,7 +63,8 @@ impl TransformSpec {
                 return Err(SpecError::new(
                     "preset",
                     format!(
-                        "unknown preset {name:?} (known: {})",
+                        "unknown preset {} (known: {})",
+                        excerpt(name),
                         PRESET_NAMES.join(", ")
                     ),
                 ));
@@ -240,7 +243,8 @@ fn one_of(field: &str, got: &str, allowed: &[&str]) -> SpecError {
     SpecError::new(
         field,
         format!(
-            "unknown value {got:?} (expected one of {})",
+            "unknown value {} (expected one of {})",
+            excerpt(got),
             allowed.join(", ")
         ),
     )

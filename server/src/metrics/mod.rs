@@ -39,6 +39,7 @@ pub struct Metrics {
     engine_batches: Gauge,
     pool_blocks_in_use: Gauge,
     pool_bytes_in_use: Gauge,
+    input_bytes_in_flight: Gauge,
 }
 
 impl fmt::Debug for Metrics {
@@ -67,6 +68,7 @@ impl Default for Metrics {
             engine_batches: Gauge::default(),
             pool_blocks_in_use: Gauge::default(),
             pool_bytes_in_use: Gauge::default(),
+            input_bytes_in_flight: Gauge::default(),
         };
         let r = &mut m.registry;
         // Counters get their `_total` suffix from the encoder.
@@ -132,6 +134,12 @@ impl Default for Metrics {
                 "pixelfeed_pool_bytes_in_use",
                 "Output pool bytes held by batches in flight",
                 &m.pool_bytes_in_use,
+            ),
+            (
+                "pixelfeed_input_bytes_in_flight",
+                "Encoded input bytes received and not yet through the engine \
+                 (--max-input-bytes-in-flight)",
+                &m.input_bytes_in_flight,
             ),
         ] {
             r.register(name, help, gauge.clone());
@@ -217,6 +225,11 @@ impl Metrics {
     pub fn active_call(&self) -> GaugeGuard {
         self.active_calls.inc();
         GaugeGuard(self.active_calls.clone())
+    }
+
+    /// The gauge of input bytes in flight, which the input budget keeps.
+    pub(crate) fn input_bytes_in_flight(&self) -> &Gauge {
+        &self.input_bytes_in_flight
     }
 
     /// Marks a batch queued for (or running in) the engine until the guard

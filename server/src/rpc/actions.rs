@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use pixelfeed_schema::spec::{preset, PRESET_NAMES};
-use pixelfeed_schema::TransformSpec;
+use pixelfeed_schema::{excerpt, TransformSpec};
 use serde_json::{json, Map, Value};
 use tonic::Status;
 
@@ -35,10 +35,11 @@ pub(crate) const ACTIONS: &[ActionDef] = &[
     },
     ActionDef {
         name: "stats",
-        description: "JSON {\"pool\": {...}, \"decoders\": {...}}: the output memory pool's \
-                      mode (pinned or pageable, with the reason) and block counters, and the \
-                      JPEG decoders this build has (the default, which `auto` means, first). \
-                      Body: ignored.",
+        description: "JSON {\"pool\": {...}, \"input\": {...}, \"threads\": N, \
+                      \"decoders\": {...}}: the output memory pool's mode (pinned or pageable, \
+                      with the reason) and block counters; the input bytes in flight and their \
+                      cap; the engine's worker threads; and the JPEG decoders this build has \
+                      (the default, which `auto` means, first). Body: ignored.",
         handler: stats,
     },
     ActionDef {
@@ -66,7 +67,8 @@ pub(crate) fn run(config: &ServiceConfig, name: &str, body: &[u8]) -> Result<Byt
     let action = ACTIONS.iter().find(|a| a.name == name).ok_or_else(|| {
         let known: Vec<_> = ACTIONS.iter().map(|a| a.name).collect();
         Status::unimplemented(format!(
-            "unknown action {name:?} (known: {})",
+            "unknown action {} (known: {})",
+            excerpt(name),
             known.join(", ")
         ))
     })?;
@@ -92,6 +94,11 @@ fn stats(config: &ServiceConfig, _: &[u8]) -> Result<Value, Status> {
     let jpeg = pixelfeed_engine::jpeg_decoders();
     Ok(json!({
         "pool": config.allocator.stats(),
+        "input": {
+            "bytes_in_flight": config.metrics.input_bytes_in_flight().get(),
+            "max_bytes_in_flight": config.limits.max_input_bytes_in_flight,
+        },
+        "threads": pixelfeed_engine::worker_threads(),
         "decoders": {"jpeg": jpeg, "jpeg_default": jpeg[0]},
     }))
 }
@@ -164,6 +171,11 @@ mod tests {
         let jpeg = v["decoders"]["jpeg"].as_array().unwrap();
         assert_eq!(jpeg.last().unwrap(), "zune-jpeg 0.5.15");
         assert_eq!(v["decoders"]["jpeg_default"], jpeg[0]);
+        assert!(v["threads"].as_u64().unwrap() >= 1);
+        assert_eq!(
+            v["input"]["max_bytes_in_flight"],
+            crate::DEFAULT_MAX_INPUT_BYTES_IN_FLIGHT
+        );
     }
 
     #[test]

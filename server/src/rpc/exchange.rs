@@ -7,16 +7,16 @@ use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
 use arrow_flight::flight_descriptor::DescriptorType;
 use arrow_flight::{FlightData, FlightDescriptor};
 use arrow_schema::SchemaRef;
-use futures::StreamExt;
 use pixelfeed_schema::{output_schema, TransformSpec};
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
 use crate::config::ServiceConfig;
 use crate::stream::{
-    input_decoder, input_status, process_and_send, record_spec, servable, spawn_pipeline,
-    FlightDataStream, Output, OutputResult, Tally,
+    input_decoder, input_status, next_input, process_and_send, record_spec, servable,
+    spawn_pipeline, FlightDataStream, Output, OutputResult, Tally,
 };
+use crate::watch::CallWatch;
 
 /// Starts an exchange: reads the first message, validates the spec its
 /// descriptor carries, and returns the response stream.
@@ -27,6 +27,7 @@ use crate::stream::{
 pub(crate) async fn start(
     mut input: Streaming<FlightData>,
     config: Arc<ServiceConfig>,
+    watch: Arc<CallWatch>,
 ) -> Result<FlightDataStream, Status> {
     let first = input
         .message()
@@ -41,10 +42,14 @@ pub(crate) async fn start(
     let spec = servable(&spec_from_descriptor(first.flight_descriptor.as_ref())?)?;
     record_spec(&spec);
     let spec = Arc::new(spec);
+    watch.touch();
     let decoder = input_decoder(first, input);
-    Ok(spawn_pipeline(&Arc::clone(&config), "exchange", |tx| {
-        pump(decoder, spec, config, tx)
-    }))
+    Ok(spawn_pipeline(
+        &Arc::clone(&config),
+        "exchange",
+        Arc::clone(&watch),
+        |tx| pump(decoder, spec, config, watch, tx),
+    ))
 }
 
 /// The first message is read by tonic directly: its errors get the same
@@ -80,12 +85,14 @@ async fn pump(
     mut decoder: FlightDataDecoder,
     spec: Arc<TransformSpec>,
     config: Arc<ServiceConfig>,
+    watch: Arc<CallWatch>,
     tx: mpsc::Sender<OutputResult>,
 ) -> Result<(), Status> {
     let mut schema: Option<SchemaRef> = None;
     let mut tally = Tally::starting_at(0);
-    while let Some(message) = decoder.next().await {
-        match message.map_err(input_status)?.payload {
+    while let Some(payload) = next_input(&mut decoder, &watch).await {
+        let (payload, _charge) = payload?;
+        match payload {
             // A message with only app_metadata: nothing to process.
             DecodedPayload::None => {}
             DecodedPayload::Schema(input) => {
@@ -129,7 +136,8 @@ async fn pump(
                         batch.num_rows()
                     )));
                 }
-                if !process_and_send(batch, &mut tally, &spec, &config, schema, &tx).await? {
+                if !process_and_send(batch, &mut tally, &spec, &config, schema, &watch, &tx).await?
+                {
                     return Ok(());
                 }
             }

@@ -16,11 +16,13 @@ use crate::stream::{
     process_and_send, record_spec, servable, spawn_pipeline, FlightDataStream, Output,
     OutputResult, Tally,
 };
+use crate::watch::CallWatch;
 
 /// `DoGet`: streams one shard's output batches.
 pub(crate) fn do_get(
     config: &Arc<ServiceConfig>,
     ticket: &[u8],
+    watch: Arc<CallWatch>,
 ) -> Result<FlightDataStream, Status> {
     let (ticket, spec) = ShardTicket::decode(ticket).map_err(|e| Status::invalid_argument(e.0))?;
     let spec = servable(&spec)?;
@@ -45,9 +47,12 @@ pub(crate) fn do_get(
     let config = Arc::clone(config);
     let spec = Arc::new(spec);
     let range = ticket.start..ticket.end;
-    Ok(spawn_pipeline(&Arc::clone(&config), "DoGet", move |tx| {
-        pump_shard(dataset, range, spec, schema, config, tx)
-    }))
+    Ok(spawn_pipeline(
+        &Arc::clone(&config),
+        "DoGet",
+        Arc::clone(&watch),
+        move |tx| pump_shard(dataset, range, spec, schema, config, watch, tx),
+    ))
 }
 
 /// Reads the shard on a blocking thread (one batch ahead) and runs each
@@ -58,6 +63,7 @@ async fn pump_shard(
     spec: Arc<TransformSpec>,
     schema: SchemaRef,
     config: Arc<ServiceConfig>,
+    watch: Arc<CallWatch>,
     tx: mpsc::Sender<OutputResult>,
 ) -> Result<(), Status> {
     if tx
@@ -85,9 +91,15 @@ async fn pump_shard(
             let _ = in_tx.blocking_send(Err(e));
         }
     });
-    while let Some(batch) = in_rx.recv().await {
+    loop {
+        // Reading the dataset is the server's work, not a stalled client.
+        let busy = watch.busy();
+        let Some(batch) = in_rx.recv().await else {
+            break;
+        };
+        drop(busy);
         let batch = batch.map_err(dataset_status)?;
-        if !process_and_send(batch, &mut tally, &spec, &config, &schema, &tx).await? {
+        if !process_and_send(batch, &mut tally, &spec, &config, &schema, &watch, &tx).await? {
             return Ok(());
         }
     }

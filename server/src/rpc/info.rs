@@ -9,7 +9,7 @@
 use arrow_flight::flight_descriptor::DescriptorType;
 use arrow_flight::{FlightDescriptor, FlightEndpoint, FlightInfo, Ticket};
 use pixelfeed_data::shard_ranges;
-use pixelfeed_schema::{output_schema, InfoRequest, ShardTicket, TICKET_VERSION};
+use pixelfeed_schema::{excerpt, output_schema, InfoRequest, ShardTicket, TICKET_VERSION};
 use tonic::Status;
 
 use super::{dataset_status, summary};
@@ -56,8 +56,9 @@ pub(crate) fn flight_info(
         .registry
         .get(&request.dataset)
         .map_err(dataset_status)?;
-    let schema = output_schema(&dataset.schema(), &request.spec)
-        .map_err(|e| Status::invalid_argument(format!("dataset {:?}: {e}", request.dataset)))?;
+    let schema = output_schema(&dataset.schema(), &request.spec).map_err(|e| {
+        Status::invalid_argument(format!("dataset {}: {e}", excerpt(&request.dataset)))
+    })?;
     let rows = dataset.rows();
     let spec = request.spec.to_value();
     let endpoints = shard_ranges(rows, request.shards)

@@ -3,12 +3,13 @@
 //! file in the spill directory when one is configured
 //! (`pixelfeed_data::upload`).
 
+use std::sync::Arc;
+
 use arrow_flight::decode::DecodedPayload;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_descriptor::DescriptorType;
 use arrow_flight::FlightData;
 use arrow_schema::SchemaRef;
-use futures::StreamExt;
 use pixelfeed_data::upload::Upload;
 use pixelfeed_data::{check_name, DatasetError};
 use serde_json::{json, Value};
@@ -17,7 +18,8 @@ use tonic::{Status, Streaming};
 use super::dataset_status;
 use crate::config::ServiceConfig;
 use crate::split::batch_data_bytes;
-use crate::stream::{input_decoder, input_status};
+use crate::stream::{input_decoder, input_status, next_input};
+use crate::watch::CallWatch;
 
 /// Runs blocking dataset work (file writes) off the async workers.
 async fn blocking<T: Send + 'static>(
@@ -34,12 +36,14 @@ async fn blocking<T: Send + 'static>(
 pub(crate) async fn do_put(
     config: &ServiceConfig,
     mut input: Streaming<FlightData>,
+    watch: Arc<CallWatch>,
 ) -> Result<Value, Status> {
     let first = input
         .message()
         .await
         .map_err(|status| input_status(FlightError::from(status)))?
         .ok_or_else(|| Status::invalid_argument("DoPut: the client sent no message"))?;
+    watch.touch();
     let name = match &first.flight_descriptor {
         Some(d) if d.r#type == DescriptorType::Path as i32 && d.path.len() == 1 => {
             d.path[0].clone()
@@ -60,8 +64,9 @@ pub(crate) async fn do_put(
     let datasets = &config.datasets;
     let mut store = Some(Upload::new(datasets.spill_dir.as_deref(), &name));
     let mut bytes = 0usize;
-    while let Some(message) = decoder.next().await {
-        match message.map_err(input_status)?.payload {
+    while let Some(payload) = next_input(&mut decoder, &watch).await {
+        let (payload, _charge) = payload?;
+        match payload {
             DecodedPayload::None => {}
             DecodedPayload::Schema(s) => {
                 pixelfeed_schema::image_column_index(&s)
@@ -86,7 +91,10 @@ pub(crate) async fn do_put(
                 let mut upload = store
                     .take()
                     .ok_or_else(|| Status::internal("upload lost"))?;
-                let upload = blocking(move || upload.push(batch).map(|()| upload)).await?;
+                let upload = {
+                    let _busy = watch.busy();
+                    blocking(move || upload.push(batch).map(|()| upload)).await?
+                };
                 store = Some(upload);
             }
         }
@@ -94,7 +102,10 @@ pub(crate) async fn do_put(
     let schema = schema.ok_or_else(|| Status::invalid_argument("the upload carried no schema"))?;
     let upload = store.ok_or_else(|| Status::internal("upload lost"))?;
     let (dataset_name, dataset_uri) = (name.clone(), uri.clone());
-    let dataset = blocking(move || upload.finish(schema, &dataset_name, &dataset_uri)).await?;
+    let dataset = {
+        let _busy = watch.busy();
+        blocking(move || upload.finish(schema, &dataset_name, &dataset_uri)).await?
+    };
     let dataset = registry.insert(dataset).map_err(dataset_status)?;
     tracing::info!(name = %name, rows = dataset.rows(), "dataset uploaded");
     Ok(json!({"name": name, "rows": dataset.rows()}))
