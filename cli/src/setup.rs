@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use pixelfeed_data::convert::{ConvertOptions, OutputFormat};
-use pixelfeed_data::ReadOptions;
+use pixelfeed_data::upload::UploadLedger;
+use pixelfeed_data::{DatasetRoots, ReadOptions};
 use pixelfeed_engine::EngineConfig;
 use pixelfeed_pool::{default_cap_bytes, HostBufferPool, PinnedMode, PoolConfig};
 use pixelfeed_schema::{TransformSpec, DEFAULT_PRESET};
@@ -26,6 +27,7 @@ impl EngineArgs {
             max_aspect_ratio: self.max_aspect_ratio,
             max_encoded_bytes: self.max_image_bytes,
             max_metadata_bytes: self.max_metadata_bytes,
+            ..EngineConfig::default()
         }
     }
 
@@ -40,16 +42,36 @@ impl EngineArgs {
     }
 }
 
+/// A token from its file (preferred) or its value.
+fn token(
+    file: &Option<PathBuf>,
+    value: &Option<String>,
+    flag: &str,
+) -> anyhow::Result<Option<AuthToken>> {
+    let text = match (file, value) {
+        (Some(path), _) => std::fs::read_to_string(path)
+            .with_context(|| format!("could not read {flag} {}", path.display()))?,
+        (None, Some(token)) => token.clone(),
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(
+        AuthToken::new(&text).with_context(|| format!("unusable token ({flag})"))?,
+    ))
+}
+
 impl OpsArgs {
-    /// The token from the file or the flag / environment, if any.
+    /// The user token from the file or the flag / environment, if any.
     pub(crate) fn auth_token(&self) -> anyhow::Result<Option<AuthToken>> {
-        let text = match (&self.auth_token_file, &self.auth_token) {
-            (Some(path), _) => std::fs::read_to_string(path)
-                .with_context(|| format!("could not read --auth-token-file {}", path.display()))?,
-            (None, Some(token)) => token.clone(),
-            (None, None) => return Ok(None),
-        };
-        Ok(Some(AuthToken::new(&text).context("unusable auth token")?))
+        token(&self.auth_token_file, &self.auth_token, "--auth-token-file")
+    }
+
+    /// The operator token from the file or the flag / environment, if any.
+    pub(crate) fn operator_token(&self) -> anyhow::Result<Option<AuthToken>> {
+        token(
+            &self.operator_token_file,
+            &self.operator_token,
+            "--operator-token-file",
+        )
     }
 
     /// The TLS files, read.
@@ -97,11 +119,24 @@ impl ConnectionArgs {
 impl DatasetArgs {
     /// Opens every `--dataset` (blocking) into the dataset configuration.
     pub(crate) fn datasets_config(&self) -> anyhow::Result<DatasetsConfig> {
+        let spill_dir = self
+            .spill_dir
+            .as_ref()
+            .map(|dir| {
+                dir.canonicalize()
+                    .with_context(|| format!("unusable --spill-dir {}", dir.display()))
+            })
+            .transpose()?;
+        let roots = (!self.dataset_roots.is_empty())
+            .then(|| DatasetRoots::new(&self.dataset_roots))
+            .transpose()
+            .context("unusable --dataset-root")?;
         let config = DatasetsConfig {
             location: self.advertise.clone(),
             peers: self.peers.clone(),
-            upload_cap_bytes: self.upload_cap_bytes,
-            spill_dir: self.spill_dir.clone(),
+            uploads: UploadLedger::new(self.upload_cap_bytes),
+            spill_dir,
+            roots,
             ..DatasetsConfig::default()
         };
         for (name, uri) in &self.datasets {
@@ -151,6 +186,7 @@ impl ServeArgs {
         config.service.allocator = Arc::new(HostBufferPool::new(self.pool_config()));
         config.service.datasets = self.datasets.datasets_config()?;
         config.service.auth_token = self.ops.auth_token()?;
+        config.service.operator_token = self.ops.operator_token()?;
         config.tls = self.ops.tls()?;
         Ok(config)
     }

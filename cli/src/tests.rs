@@ -110,6 +110,55 @@ fn ops_flags_reach_the_config() {
 }
 
 #[test]
+fn roles_and_dataset_roots_reach_the_config() {
+    let dir = std::env::temp_dir().join(format!("pixelfeed-cli-roles-{}", std::process::id()));
+    let (data, spill) = (dir.join("data"), dir.join("spill"));
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(&spill).unwrap();
+    let (user, operator) = (dir.join("user"), dir.join("operator"));
+    std::fs::write(&user, "u53r\n").unwrap();
+    std::fs::write(&operator, "0p3rator\n").unwrap();
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let args = serve_args(&[
+        &format!("--auth-token-file={}", path(&user)),
+        &format!("--operator-token-file={}", path(&operator)),
+        &format!("--dataset-root={}", path(&data)),
+        &format!("--dataset-root={}/../spill", path(&data)),
+        &format!("--spill-dir={}", path(&spill)),
+        "--upload-cap-bytes=4096",
+    ]);
+    let config = args.setup().unwrap();
+    assert!(config.service.operator_token.unwrap().matches(b"0p3rator"));
+    assert!(config.service.auth_token.unwrap().matches(b"u53r"));
+    let datasets = config.service.datasets;
+    let canonical = |p: &std::path::Path| p.canonicalize().unwrap();
+    assert_eq!(
+        datasets.roots.unwrap().dirs(),
+        [canonical(&data), canonical(&spill)]
+    );
+    assert_eq!(datasets.spill_dir, Some(canonical(&spill)));
+    assert_eq!(datasets.uploads.cap(), 4096);
+    // Without --dataset-root, run-time registration is off.
+    assert!(serve_args(&[])
+        .setup()
+        .unwrap()
+        .service
+        .datasets
+        .roots
+        .is_none());
+    // One secret for both roles, or a root that is not there, is refused.
+    let same = serve_args(&[
+        &format!("--auth-token-file={}", path(&user)),
+        &format!("--operator-token-file={}", path(&user)),
+    ]);
+    let err = pixelfeed_server::check_config(&same.setup().unwrap()).unwrap_err();
+    assert!(format!("{err:#}").contains("differ"), "{err:#}");
+    let missing = serve_args(&[&format!("--dataset-root={}", path(&dir.join("nope")))]);
+    assert!(missing.setup().is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn every_flag_reaches_the_config() {
     let args = serve_args(&[
         "--listen=127.0.0.1:0",
@@ -144,6 +193,7 @@ fn every_flag_reaches_the_config() {
             max_aspect_ratio: 3.5,
             max_encoded_bytes: 700,
             max_metadata_bytes: 900,
+            quote_input_bytes: true,
         }
     );
 }

@@ -16,8 +16,8 @@ use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 
 use crate::{
-    filter_glob, list_files, read_capped, BatchIter, DatasetError, DatasetSource, ReadOptions,
-    TextImageBatcher,
+    filter_glob, list_files, read_capped, BatchIter, DatasetError, DatasetRoots, DatasetSource,
+    ReadOptions, TextImageBatcher,
 };
 
 /// Name of the passthrough column holding each file's relative path.
@@ -29,6 +29,8 @@ pub struct DirectorySource {
     root: PathBuf,
     files: Arc<[PathBuf]>,
     schema: SchemaRef,
+    /// Set for run-time registrations: every file read is checked again.
+    roots: Option<DatasetRoots>,
 }
 
 impl DirectorySource {
@@ -39,7 +41,28 @@ impl DirectorySource {
             root: root.to_path_buf(),
             files: files.into(),
             schema: TextImageBatcher::schema(&[PATH_COLUMN.to_string()]),
+            roots: None,
         })
+    }
+
+    /// Like [`DirectorySource::open`], confined to `roots`: every listed
+    /// file must resolve under one of them, and is checked again each time
+    /// it is read (one that has moved out becomes a null image).
+    ///
+    /// # Errors
+    /// [`DatasetError::Forbidden`] naming the first file that resolves
+    /// outside the roots; otherwise as [`DirectorySource::open`].
+    pub fn open_within(
+        root: &Path,
+        glob: Option<&str>,
+        roots: &DatasetRoots,
+    ) -> Result<Self, DatasetError> {
+        let mut source = Self::open(root, glob)?;
+        for rel in source.files.iter() {
+            roots.confine(&root.join(rel))?;
+        }
+        source.roots = Some(roots.clone());
+        Ok(source)
     }
 }
 
@@ -60,6 +83,7 @@ impl DatasetSource for DirectorySource {
             end: range.end as usize,
             max_image_bytes: options.max_image_bytes,
             batcher: TextImageBatcher::new(Arc::clone(&self.schema), options),
+            roots: self.roots.clone(),
         }))
     }
 }
@@ -71,6 +95,7 @@ struct DirectoryReader {
     end: usize,
     max_image_bytes: usize,
     batcher: TextImageBatcher,
+    roots: Option<DatasetRoots>,
 }
 
 impl Iterator for DirectoryReader {
@@ -82,6 +107,13 @@ impl Iterator for DirectoryReader {
             self.next += 1;
             let full = self.root.join(rel);
             let bytes = std::fs::File::open(&full)
+                .and_then(|f| match &self.roots {
+                    Some(roots) => roots
+                        .check_open(&f, &full)
+                        .map(|()| f)
+                        .map_err(|e| std::io::Error::new(std::io::ErrorKind::PermissionDenied, e.to_string())),
+                    None => Ok(f),
+                })
                 .and_then(|f| read_capped(f, self.max_image_bytes))
                 .inspect_err(|e| {
                     tracing::warn!(path = %full.display(), error = %e, "unreadable dataset file: null image");

@@ -31,6 +31,7 @@ pub mod memory;
 pub mod parquet;
 mod parquet_write;
 mod registry;
+mod roots;
 pub mod tar;
 pub mod upload;
 mod uri;
@@ -46,6 +47,7 @@ use pixelfeed_schema::excerpt;
 pub(crate) use batcher::TextImageBatcher;
 pub(crate) use files::{filter_glob, list_files, read_capped, source_files};
 pub use registry::{check_name, Dataset, DatasetRegistry};
+pub use roots::DatasetRoots;
 pub use uri::SourceUri;
 
 /// Why a dataset could not be opened or read.
@@ -107,8 +109,12 @@ pub enum DatasetError {
         /// Rows the dataset has.
         rows: u64,
     },
-    /// An upload would exceed the in-memory cap.
-    #[error("the upload exceeds the {cap}-byte in-memory dataset cap; start the server with a spill directory or upload less")]
+    /// A run-time registration names a path outside the dataset roots
+    /// (or a file inside them resolves outside).
+    #[error("{0}")]
+    Forbidden(String),
+    /// Uploads together would exceed the server's upload budget.
+    #[error("uploaded datasets together would pass the server's budget of {cap} bytes (--upload-cap-bytes); upload less or ask the operator")]
     TooLarge {
         /// The cap in bytes.
         cap: usize,

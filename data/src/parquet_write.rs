@@ -24,6 +24,28 @@ pub(crate) fn parquet_writer(
     schema: SchemaRef,
 ) -> Result<ArrowWriter<File>, DatasetError> {
     let file = File::create(path).map_err(|e| DatasetError::io(path, e))?;
+    writer_into(file, path, schema)
+}
+
+/// Like [`parquet_writer`], but `path` must not exist yet (not even as a
+/// symlink): the file is created, never reused.
+pub(crate) fn new_parquet_writer(
+    path: &Path,
+    schema: SchemaRef,
+) -> Result<ArrowWriter<File>, DatasetError> {
+    let file = File::options()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| DatasetError::io(path, e))?;
+    writer_into(file, path, schema)
+}
+
+fn writer_into(
+    file: File,
+    path: &Path,
+    schema: SchemaRef,
+) -> Result<ArrowWriter<File>, DatasetError> {
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_dictionary_enabled(false)

@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use arrow_schema::SchemaRef;
 use pixelfeed_schema::excerpt;
 
-use crate::{BatchIter, DatasetError, DatasetSource, ReadOptions, SourceUri};
+use crate::{BatchIter, DatasetError, DatasetRoots, DatasetSource, ReadOptions, SourceUri};
 
 /// A named, opened source.
 #[derive(Debug)]
@@ -110,6 +110,25 @@ impl DatasetRegistry {
     pub fn register(&self, name: &str, uri: &str) -> Result<Arc<Dataset>, DatasetError> {
         self.check_free(name, uri)?;
         self.insert(Dataset::open(name, uri)?)
+    }
+
+    /// Like [`register`](Self::register), for a registration a client asks
+    /// for: the URI's path and every file it reads must resolve under
+    /// `roots` ([`SourceUri::open_within`]).
+    ///
+    /// # Errors
+    /// [`DatasetError::Forbidden`] when something leaves the roots; else as
+    /// [`register`](Self::register).
+    pub fn register_within(
+        &self,
+        name: &str,
+        uri: &str,
+        roots: &DatasetRoots,
+    ) -> Result<Arc<Dataset>, DatasetError> {
+        check_name(name)?;
+        self.check_free(name, uri)?;
+        let source = SourceUri::parse(uri)?.open_within(roots)?;
+        self.insert(Dataset::from_source(name, uri, source))
     }
 
     /// Registers an opened dataset, with the same conflict rule as

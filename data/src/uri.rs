@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use pixelfeed_schema::excerpt;
 
-use crate::{directory, parquet, tar, DatasetError, DatasetSource};
+use crate::{directory, parquet, source_files, tar, DatasetError, DatasetRoots, DatasetSource};
 
 /// Where a dataset comes from, parsed from its URI:
 /// `[dir:|parquet:|tar:]PATH[?key=value&...]`.
@@ -95,6 +95,40 @@ impl SourceUri {
             },
             "tar" => Self::Tar { path, glob },
             _ => Self::Directory { root: path, glob },
+        })
+    }
+
+    /// Opens the source like [`SourceUri::open`], confined to `roots`: the
+    /// path and every file the source would read must resolve under one of
+    /// them, now and (directory sources) whenever a file is opened.
+    ///
+    /// # Errors
+    /// [`DatasetError::Forbidden`] naming the first path that leaves the
+    /// roots; otherwise as [`SourceUri::open`].
+    pub fn open_within(
+        &self,
+        roots: &DatasetRoots,
+    ) -> Result<Arc<dyn DatasetSource>, DatasetError> {
+        Ok(match self {
+            Self::Directory { root, glob } => Arc::new(directory::DirectorySource::open_within(
+                &roots.confine(root)?,
+                glob.as_deref(),
+                roots,
+            )?),
+            Self::Parquet { path, column } => {
+                let path = roots.confine(path)?;
+                for file in source_files(&path, "parquet", None)? {
+                    roots.confine(&file)?;
+                }
+                Arc::new(parquet::ParquetSource::open(&path, column)?)
+            }
+            Self::Tar { path, glob } => {
+                let path = roots.confine(path)?;
+                for file in source_files(&path, "tar", glob.as_deref())? {
+                    roots.confine(&file)?;
+                }
+                Arc::new(tar::TarSource::open(&path, glob.as_deref())?)
+            }
         })
     }
 

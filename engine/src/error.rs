@@ -26,9 +26,13 @@ pub(crate) enum RowError {
     /// A format recognised from its magic bytes that the engine does not decode.
     #[error("unsupported format: {0}")]
     UnsupportedFormat(&'static str),
-    /// Magic bytes of no known image format.
-    #[error("unknown image format (first bytes: {0})")]
-    UnknownFormat(String),
+    /// Magic bytes of no known image format; with the first bytes as hex
+    /// when [`EngineConfig::quote_input_bytes`](crate::EngineConfig) allows.
+    #[error(
+        "unknown image format{}",
+        .0.as_ref().map(|hex| format!(" (first bytes: {hex})")).unwrap_or_default()
+    )]
+    UnknownFormat(Option<String>),
     /// Width × height from the header exceeds `EngineConfig::max_pixels`.
     #[error("image is {width}x{height} = {mpx} Mpx, over the {limit} Mpx limit")]
     TooManyPixels {
@@ -196,7 +200,10 @@ mod tests {
                 "aspect_ratio",
             ),
             (RowError::UnsupportedFormat("GIF"), "unsupported_format"),
-            (RowError::UnknownFormat("3c 21".into()), "unknown_format"),
+            (
+                RowError::UnknownFormat(Some("3c 21".into())),
+                "unknown_format",
+            ),
             (RowError::TruncatedJpeg("no EOI".into()), "truncated"),
             (RowError::TruncatedPng("x".into()), "truncated"),
             (RowError::CorruptPng("bad CRC".into()), "corrupt"),

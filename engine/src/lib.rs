@@ -94,6 +94,11 @@ pub struct EngineConfig {
     /// ignored, since ignoring it could leave the image unrotated. ICC
     /// profiles and other metadata are skipped unread whatever their size.
     pub max_metadata_bytes: usize,
+    /// Whether error messages may quote bytes of the input (the first bytes
+    /// of an unknown format, as hex). On for images a client sent, which it
+    /// already has; off for files the server reads itself, so an error row
+    /// never discloses their content.
+    pub quote_input_bytes: bool,
 }
 
 impl Default for EngineConfig {
@@ -109,6 +114,7 @@ impl Default for EngineConfig {
             max_aspect_ratio: 100.0,
             max_encoded_bytes: 64 << 20,
             max_metadata_bytes: 1 << 20,
+            quote_input_bytes: true,
         }
     }
 }

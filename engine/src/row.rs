@@ -382,7 +382,10 @@ fn run(
             (header.width, header.height, whole, channels, orient, plan)
         }
         Sniffed::Unsupported(name) => return Err(RowError::UnsupportedFormat(name)),
-        Sniffed::Unknown => return Err(RowError::UnknownFormat(first_bytes_hex(data))),
+        Sniffed::Unknown => {
+            let hex = ctx.config.quote_input_bytes.then(|| first_bytes_hex(data));
+            return Err(RowError::UnknownFormat(hex));
+        }
     };
     let decoded = Instant::now();
     progress.stages.decode = Some(decoded - started);

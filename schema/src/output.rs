@@ -14,11 +14,15 @@ pub enum ContractError {
     /// The input has no `image` column.
     #[error("input has no column named \"image\" (columns: {0})")]
     MissingImageColumn(String),
+    /// More than one column is named `image`: which one holds the images
+    /// would be a guess.
+    #[error("input has {0} columns named \"image\"; exactly one must be")]
+    DuplicateImageColumn(usize),
     /// The `image` column has a type other than the binary family.
     #[error("column \"image\" must be binary, large_binary or binary_view, got {0}")]
     ImageColumnType(String),
     /// A passthrough column collides with a column the server appends.
-    #[error("input column {0:?} collides with an output column the server adds; rename it")]
+    #[error("input column {} collides with an output column the server adds; rename it", crate::excerpt(.0))]
     ReservedColumn(String),
     /// The extension metadata JSON is malformed.
     #[error("bad arrow.fixed_shape_tensor metadata: {0}")]
@@ -57,8 +61,16 @@ pub fn geometry_fields() -> Fields {
 pub fn image_column_index(schema: &Schema) -> Result<usize, ContractError> {
     let idx = schema.index_of(columns::IMAGE).map_err(|_| {
         let names: Vec<_> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-        ContractError::MissingImageColumn(names.join(", "))
+        ContractError::MissingImageColumn(crate::excerpt(&names.join(", ")))
     })?;
+    let count = schema
+        .fields()
+        .iter()
+        .filter(|f| f.name() == columns::IMAGE)
+        .count();
+    if count > 1 {
+        return Err(ContractError::DuplicateImageColumn(count));
+    }
     match schema.field(idx).data_type() {
         DataType::Binary | DataType::LargeBinary | DataType::BinaryView => Ok(idx),
         other => Err(ContractError::ImageColumnType(other.to_string())),
@@ -157,6 +169,14 @@ mod tests {
         assert!(matches!(
             output_schema(&no_image, &spec),
             Err(ContractError::MissingImageColumn(_))
+        ));
+        let twice = Schema::new(vec![
+            Field::new("image", DataType::Binary, true),
+            Field::new("image", DataType::Binary, true),
+        ]);
+        assert!(matches!(
+            output_schema(&twice, &spec),
+            Err(ContractError::DuplicateImageColumn(2))
         ));
         let wrong = Schema::new(vec![Field::new("image", DataType::Utf8, true)]);
         assert!(matches!(

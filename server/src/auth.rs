@@ -1,8 +1,14 @@
-//! Bearer-token authentication: the token itself, the per-call check and
-//! the Flight `Handshake` that trades HTTP basic credentials for it.
+//! Bearer-token authentication: the tokens, the per-call check (which also
+//! decides the call's [`Role`]) and the Flight `Handshake` that trades HTTP
+//! basic credentials for a token.
 //!
-//! One shared secret guards the server. Every Flight call must carry
-//! `authorization: Bearer <token>`; the `Handshake` RPC accepts
+//! Two secrets, two roles. The *user* token (`--auth-token-file`) admits
+//! the data plane: `DoExchange`, `DoGet`, listing and reading datasets,
+//! side questions. The *operator* token (`--operator-token-file`) admits
+//! that and the administrative calls (`register_dataset`, `DoPut`). With no
+//! user token the data plane is open; with no operator token either,
+//! everything is (a loopback development server). Every Flight call
+//! carries `authorization: Bearer <token>`; the `Handshake` RPC accepts
 //! `authorization: Basic base64(user:password)` whose *password* is the
 //! token (the user name is free: it only appears in logs) and answers with
 //! `authorization: Bearer <token>` in its response headers, which is what
@@ -56,6 +62,11 @@ impl AuthToken {
         self.0.as_bytes().ct_eq(candidate).into()
     }
 
+    /// Whether both tokens are the same secret.
+    pub fn same_secret(&self, other: &AuthToken) -> bool {
+        self.matches(other.0.as_bytes())
+    }
+
     /// The `authorization` header value clients send: `Bearer <token>`.
     pub fn bearer_header(&self) -> String {
         format!("Bearer {}", self.0)
@@ -99,14 +110,54 @@ fn unauthenticated(why: &str) -> Status {
 }
 
 /// Checks a call's bearer token. `Ok` when no token is configured.
-pub fn check_bearer(token: Option<&AuthToken>, headers: &http::HeaderMap) -> Result<(), Status> {
-    let Some(token) = token else { return Ok(()) };
-    let Some(value) = headers.get(AUTHORIZATION) else {
-        return Err(unauthenticated("missing credentials"));
-    };
-    match credentials(value.as_bytes()) {
-        Some(Credentials::Bearer(candidate)) if token.matches(candidate) => Ok(()),
-        _ => Err(unauthenticated("invalid credentials")),
+/// What a call may do, from the token it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The data plane: exchanges, dataset reads, side questions.
+    User,
+    /// The data plane and the administrative calls (`register_dataset`,
+    /// `DoPut`).
+    Operator,
+}
+
+/// The call's role from its `authorization` header, given the user and
+/// operator tokens the server was started with (see the module docs).
+///
+/// # Errors
+/// `UNAUTHENTICATED` when a user token is configured and the call carries
+/// neither it nor the operator token.
+pub fn authorize(
+    user: Option<&AuthToken>,
+    operator: Option<&AuthToken>,
+    headers: &http::HeaderMap,
+) -> Result<Role, Status> {
+    let value = headers.get(AUTHORIZATION);
+    let bearer = value.and_then(|v| match credentials(v.as_bytes()) {
+        Some(Credentials::Bearer(candidate)) => Some(candidate),
+        _ => None,
+    });
+    if let (Some(operator), Some(candidate)) = (operator, bearer) {
+        if operator.matches(candidate) {
+            return Ok(Role::Operator);
+        }
+    }
+    match (user, bearer) {
+        (Some(user), Some(candidate)) if user.matches(candidate) => Ok(Role::User),
+        (Some(_), _) if value.is_none() => Err(unauthenticated("missing credentials")),
+        (Some(_), _) => Err(unauthenticated("invalid credentials")),
+        (None, _) if operator.is_some() => Ok(Role::User),
+        (None, _) => Ok(Role::Operator),
+    }
+}
+
+/// Refuses an administrative call (`what`) made without the operator role.
+pub fn require_operator(role: Role, what: &str) -> Result<(), Status> {
+    match role {
+        Role::Operator => Ok(()),
+        Role::User => Err(Status::permission_denied(format!(
+            "{what} is an administrative call: it needs the operator token \
+             (--operator-token-file), not the user token"
+        ))),
     }
 }
 
@@ -115,27 +166,34 @@ pub fn check_bearer(token: Option<&AuthToken>, headers: &http::HeaderMap) -> Res
 /// response headers. Without a configured token the handshake succeeds and
 /// returns nothing.
 pub fn handshake(
-    token: Option<&AuthToken>,
+    user: Option<&AuthToken>,
+    operator: Option<&AuthToken>,
     metadata: &MetadataMap,
 ) -> Result<Option<MetadataValue<tonic::metadata::Ascii>>, Status> {
-    let Some(token) = token else { return Ok(None) };
-    let value = metadata
-        .get(AUTHORIZATION)
-        .ok_or_else(|| unauthenticated("Handshake without credentials"))?;
-    let ok = match credentials(value.as_bytes()) {
-        Some(Credentials::Bearer(candidate)) => token.matches(candidate),
-        Some(Credentials::Basic(pair)) => {
-            let password = pair
-                .iter()
-                .position(|&b| b == b':')
-                .map_or(&[][..], |colon| &pair[colon + 1..]);
-            token.matches(password)
-        }
-        None => false,
-    };
-    if !ok {
-        return Err(unauthenticated("invalid credentials"));
+    if user.is_none() && operator.is_none() {
+        return Ok(None);
     }
+    let Some(value) = metadata.get(AUTHORIZATION) else {
+        return match user {
+            Some(_) => Err(unauthenticated("Handshake without credentials")),
+            None => Ok(None),
+        };
+    };
+    let secret = match credentials(value.as_bytes()) {
+        Some(Credentials::Bearer(candidate)) => candidate.to_vec(),
+        Some(Credentials::Basic(pair)) => pair
+            .iter()
+            .position(|&b| b == b':')
+            .map_or(Vec::new(), |colon| pair[colon + 1..].to_vec()),
+        None => Vec::new(),
+    };
+    let Some(token) = [operator, user]
+        .into_iter()
+        .flatten()
+        .find(|t| t.matches(&secret))
+    else {
+        return Err(unauthenticated("invalid credentials"));
+    };
     let bearer = MetadataValue::try_from(token.bearer_header())
         .map_err(|e| Status::internal(format!("the token cannot be sent as a header: {e}")))?;
     Ok(Some(bearer))
@@ -171,37 +229,80 @@ mod tests {
     }
 
     #[test]
-    fn bearer_check() {
-        let token = AuthToken::new("s3cret").unwrap();
-        assert!(check_bearer(None, &http::HeaderMap::new()).is_ok());
-        assert!(check_bearer(Some(&token), &headers("Bearer s3cret")).is_ok());
-        assert!(check_bearer(Some(&token), &headers("bearer s3cret")).is_ok());
-        for bad in ["Bearer nope", "Bearer ", "s3cret", &basic("u", "s3cret")] {
-            let err = check_bearer(Some(&token), &headers(bad)).unwrap_err();
+    fn bearer_check_decides_the_role() {
+        let user = AuthToken::new("s3cret").unwrap();
+        let op = AuthToken::new("0p3rator").unwrap();
+        let none = http::HeaderMap::new();
+        let role = |u, o, h: &http::HeaderMap| authorize(u, o, h);
+        // No tokens: everything open.
+        assert_eq!(role(None, None, &none).unwrap(), Role::Operator);
+        // A user token only: it admits the data plane, nothing more.
+        assert_eq!(
+            role(Some(&user), None, &headers("Bearer s3cret")).unwrap(),
+            Role::User
+        );
+        assert_eq!(
+            role(Some(&user), None, &headers("bearer s3cret")).unwrap(),
+            Role::User
+        );
+        for bad in [
+            "Bearer nope",
+            "Bearer ",
+            "s3cret",
+            &basic("u", "s3cret"),
+            "Bearer 0p3rator",
+        ] {
+            let err = role(Some(&user), None, &headers(bad)).unwrap_err();
             assert_eq!(err.code(), tonic::Code::Unauthenticated, "{bad}");
         }
-        let err = check_bearer(Some(&token), &http::HeaderMap::new()).unwrap_err();
+        let err = role(Some(&user), None, &none).unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        // Both: the operator token is the operator, the user token a user.
+        let both = |h: &http::HeaderMap| role(Some(&user), Some(&op), h);
+        assert_eq!(both(&headers("Bearer 0p3rator")).unwrap(), Role::Operator);
+        assert_eq!(both(&headers("Bearer s3cret")).unwrap(), Role::User);
+        assert!(both(&none).is_err() && both(&headers("Bearer x")).is_err());
+        // An operator token only: the data plane is open, administration not.
+        assert_eq!(role(None, Some(&op), &none).unwrap(), Role::User);
+        assert_eq!(
+            role(None, Some(&op), &headers("Bearer x")).unwrap(),
+            Role::User
+        );
+        assert_eq!(
+            role(None, Some(&op), &headers("Bearer 0p3rator")).unwrap(),
+            Role::Operator
+        );
+        let denied = require_operator(Role::User, "DoPut").unwrap_err();
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+        assert!(require_operator(Role::Operator, "DoPut").is_ok());
     }
 
     #[test]
     fn handshake_trades_basic_for_bearer() {
         let token = AuthToken::new("s3cret").unwrap();
         let meta = |v: &str| MetadataMap::from_headers(headers(v));
-        let answer = handshake(Some(&token), &meta(&basic("anyone", "s3cret")))
+        let answer = handshake(Some(&token), None, &meta(&basic("anyone", "s3cret")))
             .unwrap()
             .unwrap();
         assert_eq!(answer.to_str().unwrap(), "Bearer s3cret");
-        assert!(handshake(Some(&token), &meta("Bearer s3cret")).is_ok());
+        assert!(handshake(Some(&token), None, &meta("Bearer s3cret")).is_ok());
         for bad in [
             basic("s3cret", "x"),
             basic("u", "s3cre"),
             "Basic !!!".into(),
         ] {
-            let err = handshake(Some(&token), &meta(&bad)).unwrap_err();
+            let err = handshake(Some(&token), None, &meta(&bad)).unwrap_err();
             assert_eq!(err.code(), tonic::Code::Unauthenticated, "{bad}");
         }
-        assert!(handshake(Some(&token), &MetadataMap::new()).is_err());
-        assert!(handshake(None, &MetadataMap::new()).unwrap().is_none());
+        assert!(handshake(Some(&token), None, &MetadataMap::new()).is_err());
+        assert!(handshake(None, None, &MetadataMap::new())
+            .unwrap()
+            .is_none());
+        // The operator's password earns the operator's token.
+        let op = AuthToken::new("0p3rator").unwrap();
+        let answer = handshake(Some(&token), Some(&op), &meta(&basic("ops", "0p3rator")))
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer.to_str().unwrap(), "Bearer 0p3rator");
     }
 }

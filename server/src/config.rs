@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use std::path::PathBuf;
 
-use pixelfeed_data::{DatasetRegistry, ReadOptions};
+use pixelfeed_data::upload::UploadLedger;
+use pixelfeed_data::{DatasetRegistry, DatasetRoots, ReadOptions};
 use pixelfeed_engine::{BlockAllocator, EngineConfig, HeapAllocator};
 
 use crate::auth::AuthToken;
@@ -146,8 +147,13 @@ pub struct ServiceConfig {
     /// Where output tensor blocks come from (heap by default; a pinned host
     /// pool plugs in here).
     pub allocator: Arc<dyn BlockAllocator>,
-    /// The bearer token every call must carry; `None`: no authentication.
+    /// The user token: every call must carry it (or the operator token);
+    /// `None`: the data plane is open (see [`crate::auth`]).
     pub auth_token: Option<AuthToken>,
+    /// The operator token, needed for administrative calls
+    /// (`register_dataset`, `DoPut`); `None`: those need no token when
+    /// `auth_token` is also `None`, and are refused otherwise.
+    pub operator_token: Option<AuthToken>,
     /// Row, concurrency and time limits per call.
     pub limits: CallLimits,
     /// Where the service counts what it does (served by
@@ -164,6 +170,7 @@ impl Default for ServiceConfig {
             target_message_bytes: DEFAULT_TARGET_MESSAGE_BYTES,
             allocator: Arc::new(HeapAllocator),
             auth_token: None,
+            operator_token: None,
             limits: CallLimits::default(),
             metrics: Arc::default(),
             datasets: DatasetsConfig::default(),
@@ -179,6 +186,7 @@ impl fmt::Debug for ServiceConfig {
             .field("target_message_bytes", &self.target_message_bytes)
             .field("allocator", &"dyn BlockAllocator")
             .field("auth_token", &self.auth_token)
+            .field("operator_token", &self.operator_token)
             .field("limits", &self.limits)
             .field("datasets", &self.datasets)
             .finish_non_exhaustive()
@@ -276,7 +284,7 @@ impl ServerConfig {
     }
 }
 
-/// Default cap on one in-memory upload (`DoPut` without a spill directory).
+/// Default [`DatasetsConfig::uploads`] cap: all uploads together.
 pub const DEFAULT_UPLOAD_CAP_BYTES: usize = 1 << 30;
 
 /// How the service offers datasets.
@@ -293,10 +301,15 @@ pub struct DatasetsConfig {
     pub peers: Vec<String>,
     /// How dataset reads are cut into engine batches.
     pub read: ReadOptions,
-    /// Largest upload kept in memory, in Arrow data bytes.
-    pub upload_cap_bytes: usize,
+    /// What all uploaded datasets together may hold (Arrow data bytes, in
+    /// memory or spilled).
+    pub uploads: Arc<UploadLedger>,
     /// Where uploads are written as Parquet instead of kept in memory.
     pub spill_dir: Option<PathBuf>,
+    /// The directories `register_dataset` may open sources under; `None`:
+    /// run-time registration is off (`PERMISSION_DENIED`). Datasets the
+    /// operator registers at start-up are not confined.
+    pub roots: Option<DatasetRoots>,
 }
 
 impl Default for DatasetsConfig {
@@ -306,8 +319,9 @@ impl Default for DatasetsConfig {
             location: None,
             peers: Vec::new(),
             read: ReadOptions::default(),
-            upload_cap_bytes: DEFAULT_UPLOAD_CAP_BYTES,
+            uploads: UploadLedger::new(DEFAULT_UPLOAD_CAP_BYTES),
             spill_dir: None,
+            roots: None,
         }
     }
 }

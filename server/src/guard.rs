@@ -41,6 +41,7 @@ const HANDSHAKE_METHOD: &str = "Handshake";
 #[derive(Debug)]
 struct GuardState {
     token: Option<AuthToken>,
+    operator_token: Option<AuthToken>,
     calls: Arc<Semaphore>,
     limits: CallLimits,
     metrics: Arc<Metrics>,
@@ -55,11 +56,12 @@ pub struct Guarded<S> {
 }
 
 impl<S> Guarded<S> {
-    /// Guards `inner` with `token` (none: no authentication), `limits` and
-    /// `metrics`.
+    /// Guards `inner` with the user and operator tokens (see
+    /// [`crate::auth`]), `limits` and `metrics`.
     pub fn new(
         inner: S,
         token: Option<AuthToken>,
+        operator_token: Option<AuthToken>,
         limits: CallLimits,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -67,6 +69,7 @@ impl<S> Guarded<S> {
             inner,
             state: Arc::new(GuardState {
                 token,
+                operator_token,
                 calls: Arc::new(Semaphore::new(limits.max_concurrent_calls.max(1))),
                 limits,
                 input: InputBudget::new(
@@ -240,8 +243,16 @@ where
                 Ok(status.into_http())
             };
             if method != HANDSHAKE_METHOD {
-                if let Err(status) = auth::check_bearer(state.token.as_ref(), request.headers()) {
-                    return reject(status);
+                let role = auth::authorize(
+                    state.token.as_ref(),
+                    state.operator_token.as_ref(),
+                    request.headers(),
+                );
+                match role {
+                    Ok(role) => {
+                        request.extensions_mut().insert(role);
+                    }
+                    Err(status) => return reject(status),
                 }
             }
             let Ok(permit) = Arc::clone(&state.calls).try_acquire_owned() else {

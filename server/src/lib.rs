@@ -54,7 +54,7 @@ mod split;
 mod stream;
 mod watch;
 
-pub use auth::{AuthError, AuthToken};
+pub use auth::{AuthError, AuthToken, Role};
 pub use config::{
     CallLimits, ConnectionLimits, DatasetsConfig, ServerConfig, ServiceConfig, TlsConfig,
     DEFAULT_IDLE_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_CONCURRENT_CALLS,
@@ -67,4 +67,4 @@ pub use serve::{
     Stopped,
 };
 pub use service::PixelfeedService;
-pub use stream::PIPELINE_DEPTH;
+pub use stream::{FlightDataStream, PIPELINE_DEPTH};

@@ -104,6 +104,18 @@ pub fn check_config(config: &ServerConfig) -> Result<(), ServerError> {
             config.max_message_bytes
         )));
     }
+    if let (Some(user), Some(operator)) =
+        (&config.service.auth_token, &config.service.operator_token)
+    {
+        if user.same_secret(operator) {
+            // One secret for both roles would make every user an operator.
+            return Err(ServerError::Config(
+                "the operator token (--operator-token-file) must differ from the user token \
+                 (--auth-token-file)"
+                    .into(),
+            ));
+        }
+    }
     transport(config).map(drop)
 }
 
@@ -132,6 +144,7 @@ pub async fn serve_with_shutdown(
     let flight = Guarded::new(
         flight_service(&config),
         service.auth_token.clone(),
+        service.operator_token.clone(),
         service.limits,
         service.metrics.clone(),
     );

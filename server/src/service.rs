@@ -38,6 +38,24 @@ impl PixelfeedService {
         }
     }
 
+    /// `DoExchange` without a transport: `input` is what a client would
+    /// send (the first message carrying the spec in a CMD descriptor), the
+    /// answer what it would receive, or the status its call would fail
+    /// with. The data path's limits apply (message decoding, rows and image
+    /// bytes per batch, the engine's per-image limits); the call guard's do
+    /// not (token, call slots, idle timeout, input budget). For fuzzing the
+    /// data path (`fuzz/fuzz_targets/exchange.rs`) and for embedding.
+    ///
+    /// # Errors
+    /// The status of a call that fails before its first answer (bad
+    /// descriptor or spec); later failures end the returned stream.
+    pub async fn exchange<S>(&self, input: S) -> Result<FlightDataStream, Status>
+    where
+        S: futures::Stream<Item = Result<FlightData, Status>> + Send + Unpin + 'static,
+    {
+        exchange::start(input, Arc::clone(&self.config), CallWatch::unwatched()).await
+    }
+
     /// The configuration the service runs with.
     pub fn config(&self) -> &ServiceConfig {
         &self.config
@@ -52,6 +70,16 @@ fn call_watch<T>(request: &Request<T>) -> Arc<CallWatch> {
         .get::<Arc<CallWatch>>()
         .cloned()
         .unwrap_or_else(CallWatch::unwatched)
+}
+
+/// The role the call guard gave the call; a service driven without the
+/// guard (embedded, unit tests) has no authentication at all.
+fn call_role<T>(request: &Request<T>) -> auth::Role {
+    request
+        .extensions()
+        .get::<auth::Role>()
+        .copied()
+        .unwrap_or(auth::Role::Operator)
 }
 
 fn unsupported(rpc: &str) -> Status {
@@ -80,7 +108,11 @@ impl FlightService for PixelfeedService {
         &self,
         request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<Self::HandshakeStream>, Status> {
-        let bearer = auth::handshake(self.config.auth_token.as_ref(), request.metadata())?;
+        let bearer = auth::handshake(
+            self.config.auth_token.as_ref(),
+            self.config.operator_token.as_ref(),
+            request.metadata(),
+        )?;
         let mut response = Response::new(stream::empty().boxed());
         if let Some(bearer) = bearer {
             response.metadata_mut().insert(auth::AUTHORIZATION, bearer);
@@ -133,6 +165,7 @@ impl FlightService for PixelfeedService {
         &self,
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoPutStream>, Status> {
+        auth::require_operator(call_role(&request), "DoPut")?;
         let watch = call_watch(&request);
         let answer = put::do_put(&self.config, request.into_inner(), watch).await?;
         let result = PutResult {
@@ -154,12 +187,13 @@ impl FlightService for PixelfeedService {
         &self,
         request: Request<Action>,
     ) -> Result<Response<Self::DoActionStream>, Status> {
+        let role = call_role(&request);
         let action = request.into_inner();
         // Some actions block (register_dataset lists or scans files), so
         // every action runs on a blocking thread; the others are cheap.
         let config = Arc::clone(&self.config);
         let body = tokio::task::spawn_blocking(move || {
-            actions::run(&config, &action.r#type, &action.body)
+            actions::run(&config, role, &action.r#type, &action.body)
         })
         .await
         .map_err(|e| Status::internal(format!("the action failed: {e}")))??;

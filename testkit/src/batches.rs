@@ -16,7 +16,18 @@ pub fn strings(batch: &RecordBatch, col: &str) -> Vec<Option<String>> {
 
 /// The engine output columns of `got` equal the reference's.
 pub fn assert_same_output(got: &RecordBatch, reference: &RecordBatch) {
-    for col in ["tensor", "error", "height", "width"] {
+    assert_same_pixels(got, reference);
+    assert_eq!(
+        got.column_by_name("error").unwrap().as_ref(),
+        reference.column_by_name("error").unwrap().as_ref(),
+        "column error"
+    );
+}
+
+/// The tensors and source sizes of `got` equal the reference's (errors
+/// aside: rows the server read itself quote none of their bytes).
+pub fn assert_same_pixels(got: &RecordBatch, reference: &RecordBatch) {
+    for col in ["tensor", "height", "width"] {
         assert_eq!(
             got.column_by_name(col).unwrap().as_ref(),
             reference.column_by_name(col).unwrap().as_ref(),

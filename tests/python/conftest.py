@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import tempfile
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -141,7 +142,9 @@ def _start_server(*extra_args: str, env: Optional[Dict[str, str]] = None) -> Ser
 @pytest.fixture(scope="session")
 def server():
     """The pixelfeed server under test (one for the whole session)."""
-    handle = _start_server()
+    # The dataset tests register sources they write under pytest's temporary
+    # directory; run-time registration is confined to the roots named here.
+    handle = _start_server("--dataset-root", tempfile.gettempdir())
     try:
         yield handle
     finally:

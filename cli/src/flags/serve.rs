@@ -72,6 +72,17 @@ pub(crate) struct OpsArgs {
     #[arg(long, env = "PIXELFEED_AUTH_TOKEN", hide_env_values = true)]
     pub(crate) auth_token: Option<String>,
 
+    /// File holding the operator token: the administrative calls
+    /// (register_dataset, DoPut) need it, and it also admits everything the
+    /// user token does. With a user token but no operator token,
+    /// administrative calls are refused (PERMISSION_DENIED).
+    #[arg(long, conflicts_with = "operator_token")]
+    pub(crate) operator_token_file: Option<PathBuf>,
+
+    /// The operator token itself (see --operator-token-file).
+    #[arg(long, env = "PIXELFEED_OPERATOR_TOKEN", hide_env_values = true)]
+    pub(crate) operator_token: Option<String>,
+
     /// TLS certificate chain (PEM); serve TLS with --tls-key.
     #[arg(long, requires = "tls_key")]
     pub(crate) tls_cert: Option<PathBuf>,
@@ -181,13 +192,25 @@ pub(crate) struct DatasetArgs {
     #[arg(long, value_name = "URL")]
     pub(crate) advertise: Option<String>,
 
-    /// Largest table a client may upload with DoPut to keep in memory.
+    /// Most bytes all DoPut uploads together may hold (Arrow data size, in
+    /// memory or in --spill-dir); past it an upload fails with
+    /// RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = DEFAULT_UPLOAD_CAP_BYTES, value_parser = positive_usize)]
     pub(crate) upload_cap_bytes: usize,
 
-    /// Write DoPut uploads here as Parquet instead of keeping them in memory.
+    /// Write DoPut uploads here as Parquet (NAME.parquet) instead of keeping
+    /// them in memory. Files the server did not write are never
+    /// overwritten.
     #[arg(long, value_name = "DIR")]
     pub(crate) spill_dir: Option<PathBuf>,
+
+    /// Allow the register_dataset action (operator token) to open sources
+    /// under DIR: paths are resolved (.., symlinks, also of files inside a
+    /// directory) and refused with PERMISSION_DENIED outside every root.
+    /// Repeatable. Without it, run-time registration is off; --dataset
+    /// sources are not confined.
+    #[arg(long = "dataset-root", value_name = "DIR")]
+    pub(crate) dataset_roots: Vec<PathBuf>,
 }
 
 /// `--pinned` values.

@@ -10,6 +10,7 @@ use serde_json::{json, Map, Value};
 use tonic::Status;
 
 use super::{dataset_status, summary};
+use crate::auth::{require_operator, Role};
 use crate::config::ServiceConfig;
 
 /// An action handler: the service configuration and the action body in,
@@ -22,6 +23,8 @@ pub(crate) struct ActionDef {
     pub name: &'static str,
     /// What `ListActions` says about it.
     pub description: &'static str,
+    /// Whether it needs the operator role ([`Role::Operator`]).
+    admin: bool,
     handler: Handler,
 }
 
@@ -31,6 +34,7 @@ pub(crate) const ACTIONS: &[ActionDef] = &[
         name: "presets",
         description: "JSON object mapping each built-in preset name to its fully resolved \
                       transform spec. Body: ignored.",
+        admin: false,
         handler: presets,
     },
     ActionDef {
@@ -40,30 +44,40 @@ pub(crate) const ACTIONS: &[ActionDef] = &[
                       with the reason) and block counters; the input bytes in flight and their \
                       cap; the engine's worker threads; and the JPEG decoders this build has \
                       (the default, which `auto` means, first). Body: ignored.",
+        admin: false,
         handler: stats,
     },
     ActionDef {
         name: "register_dataset",
-        description: "Registers a server-side dataset. Body: JSON {\"name\", \"uri\"} with uri \
-                      [dir:|parquet:|tar:]PATH[?glob=...|?column=...]. Answer: JSON \
-                      {\"name\", \"rows\"}.",
+        description: "Operator only. Registers a server-side dataset under one of the \
+                      server's --dataset-root directories (off without one). Body: JSON \
+                      {\"name\", \"uri\"} with uri [dir:|parquet:|tar:]PATH[?glob=...|?column=...]. \
+                      Answer: JSON {\"name\", \"rows\"}.",
+        admin: true,
         handler: register_dataset,
     },
     ActionDef {
         name: "datasets",
         description: "JSON list of the registered datasets, each {\"name\", \"uri\", \"rows\"}. \
                       Body: ignored.",
+        admin: false,
         handler: datasets,
     },
     ActionDef {
         name: "health",
         description: "JSON {\"status\": \"ok\"} while the server is serving. Body: ignored.",
+        admin: false,
         handler: health,
     },
 ];
 
 /// Runs the action called `name`, returning its answer as JSON bytes.
-pub(crate) fn run(config: &ServiceConfig, name: &str, body: &[u8]) -> Result<Bytes, Status> {
+pub(crate) fn run(
+    config: &ServiceConfig,
+    role: Role,
+    name: &str,
+    body: &[u8],
+) -> Result<Bytes, Status> {
     let action = ACTIONS.iter().find(|a| a.name == name).ok_or_else(|| {
         let known: Vec<_> = ACTIONS.iter().map(|a| a.name).collect();
         Status::unimplemented(format!(
@@ -72,6 +86,9 @@ pub(crate) fn run(config: &ServiceConfig, name: &str, body: &[u8]) -> Result<Byt
             known.join(", ")
         ))
     })?;
+    if action.admin {
+        require_operator(role, &format!("the {name} action"))?;
+    }
     let value = (action.handler)(config, body)?;
     Ok(Bytes::from(value.to_string()))
 }
@@ -121,10 +138,16 @@ fn register_dataset(config: &ServiceConfig, body: &[u8]) -> Result<Value, Status
             "register_dataset takes JSON {{\"name\": ..., \"uri\": ...}}: {e}"
         ))
     })?;
+    let Some(roots) = &config.datasets.roots else {
+        return Err(Status::permission_denied(
+            "registering datasets at run time is off: the operator enables it for chosen \
+             directories with --dataset-root DIR",
+        ));
+    };
     let dataset = config
         .datasets
         .registry
-        .register(&body.name, &body.uri)
+        .register_within(&body.name, &body.uri, roots)
         .map_err(dataset_status)?;
     tracing::info!(name = %body.name, uri = %body.uri, rows = dataset.rows(), "dataset registered");
     Ok(json!({"name": dataset.name(), "rows": dataset.rows()}))
@@ -149,7 +172,7 @@ mod tests {
 
     #[test]
     fn presets_resolve_every_listed_preset() {
-        let bytes = run(&ServiceConfig::default(), "presets", b"").unwrap();
+        let bytes = run(&ServiceConfig::default(), Role::Operator, "presets", b"").unwrap();
         let v: Value = serde_json::from_slice(&bytes).unwrap();
         let imagenet = TransformSpec::from_value(&v["imagenet"]).unwrap();
         assert_eq!(imagenet.shape(), [3, 224, 224]);
@@ -158,14 +181,14 @@ mod tests {
 
     #[test]
     fn unknown_action_is_unimplemented() {
-        let err = run(&ServiceConfig::default(), "nope", b"").unwrap_err();
+        let err = run(&ServiceConfig::default(), Role::Operator, "nope", b"").unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unimplemented);
         assert!(err.message().contains("presets"));
     }
 
     #[test]
     fn stats_reports_the_allocator() {
-        let bytes = run(&ServiceConfig::default(), "stats", b"").unwrap();
+        let bytes = run(&ServiceConfig::default(), Role::Operator, "stats", b"").unwrap();
         let v: Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(v["pool"]["mode"], "heap");
         let jpeg = v["decoders"]["jpeg"].as_array().unwrap();

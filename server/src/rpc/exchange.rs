@@ -7,9 +7,10 @@ use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
 use arrow_flight::flight_descriptor::DescriptorType;
 use arrow_flight::{FlightData, FlightDescriptor};
 use arrow_schema::SchemaRef;
+use futures::{Stream, StreamExt};
 use pixelfeed_schema::{output_schema, TransformSpec};
 use tokio::sync::mpsc;
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 use crate::config::ServiceConfig;
 use crate::stream::{
@@ -24,14 +25,18 @@ use crate::watch::CallWatch;
 /// Errors in the descriptor or spec are returned here, so the client's call
 /// itself fails; errors later in the stream (bad schema, engine failures)
 /// end the response stream with that status.
-pub(crate) async fn start(
-    mut input: Streaming<FlightData>,
+pub(crate) async fn start<S>(
+    mut input: S,
     config: Arc<ServiceConfig>,
     watch: Arc<CallWatch>,
-) -> Result<FlightDataStream, Status> {
+) -> Result<FlightDataStream, Status>
+where
+    S: Stream<Item = Result<FlightData, Status>> + Send + Unpin + 'static,
+{
     let first = input
-        .message()
+        .next()
         .await
+        .transpose()
         .map_err(input_status_of)?
         .ok_or_else(|| {
             Status::invalid_argument(

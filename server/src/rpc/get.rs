@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use arrow_schema::SchemaRef;
 use pixelfeed_data::Dataset;
-use pixelfeed_schema::{output_schema, ShardTicket, TransformSpec};
+use pixelfeed_engine::EngineConfig;
+use pixelfeed_schema::{excerpt, output_schema, ShardTicket, TransformSpec};
 use tokio::sync::mpsc;
 use tonic::Status;
 
@@ -34,8 +35,8 @@ pub(crate) fn do_get(
         .map_err(dataset_status)?;
     if dataset.rows() != ticket.rows {
         return Err(Status::failed_precondition(format!(
-            "dataset {:?} has {} rows here, but the ticket was cut from one of {} rows",
-            ticket.dataset,
+            "dataset {} has {} rows here, but the ticket was cut from one of {} rows",
+            excerpt(&ticket.dataset),
             dataset.rows(),
             ticket.rows
         )));
@@ -44,7 +45,15 @@ pub(crate) fn do_get(
         output_schema(&dataset.schema(), &spec)
             .map_err(|e| Status::invalid_argument(e.to_string()))?,
     );
-    let config = Arc::clone(config);
+    // The server read these files itself: their bytes never go into an
+    // error message (a client could otherwise read any file's first bytes).
+    let config = Arc::new(ServiceConfig {
+        engine: EngineConfig {
+            quote_input_bytes: false,
+            ..config.engine
+        },
+        ..ServiceConfig::clone(config)
+    });
     let spec = Arc::new(spec);
     let range = ticket.start..ticket.end;
     Ok(spawn_pipeline(

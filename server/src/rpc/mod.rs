@@ -25,6 +25,12 @@ pub(crate) fn dataset_status(e: DatasetError) -> Status {
         }
         DatasetError::OutOfRange { .. } => Status::failed_precondition(e.to_string()),
         DatasetError::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
+        DatasetError::Forbidden(_) => Status::permission_denied(e.to_string()),
+        DatasetError::Io { source, .. }
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            Status::permission_denied(e.to_string())
+        }
         DatasetError::Io { .. } | DatasetError::Arrow(_) => Status::internal(e.to_string()),
     }
 }

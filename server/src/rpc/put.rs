@@ -62,8 +62,11 @@ pub(crate) async fn do_put(
     let mut decoder = input_decoder(first, input);
     let mut schema: Option<SchemaRef> = None;
     let datasets = &config.datasets;
-    let mut store = Some(Upload::new(datasets.spill_dir.as_deref(), &name));
-    let mut bytes = 0usize;
+    // Only a file this server wrote for an upload of this name is replaced.
+    let replace = registry.get(&name).is_ok_and(|d| d.uri() == uri);
+    let mut store =
+        Some(Upload::new(datasets.spill_dir.as_deref(), &name, replace).map_err(dataset_status)?);
+    let mut reservation = datasets.uploads.reserve(&name);
     while let Some(payload) = next_input(&mut decoder, &watch).await {
         let (payload, _charge) = payload?;
         match payload {
@@ -79,14 +82,9 @@ pub(crate) async fn do_put(
                 schema = Some(s);
             }
             DecodedPayload::RecordBatch(batch) => {
-                if datasets.spill_dir.is_none() {
-                    bytes += batch_data_bytes(&batch);
-                    if bytes > datasets.upload_cap_bytes {
-                        tracing::info!(name = %name, cap = datasets.upload_cap_bytes, "upload over the in-memory cap");
-                        return Err(dataset_status(DatasetError::TooLarge {
-                            cap: datasets.upload_cap_bytes,
-                        }));
-                    }
+                if let Err(e) = reservation.grow(batch_data_bytes(&batch)) {
+                    tracing::info!(name = %name, cap = datasets.uploads.cap(), "upload over the upload budget");
+                    return Err(dataset_status(e));
                 }
                 let mut upload = store
                     .take()
@@ -107,6 +105,7 @@ pub(crate) async fn do_put(
         blocking(move || upload.finish(schema, &dataset_name, &dataset_uri)).await?
     };
     let dataset = registry.insert(dataset).map_err(dataset_status)?;
+    reservation.commit();
     tracing::info!(name = %name, rows = dataset.rows(), "dataset uploaded");
     Ok(json!({"name": name, "rows": dataset.rows()}))
 }

@@ -10,6 +10,7 @@ mod limits;
 mod observability;
 mod pool;
 mod security;
+mod threats;
 mod wire;
 
 pub use pixelfeed_testkit::start;
