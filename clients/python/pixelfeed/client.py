@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import weakref
 from collections import deque
 from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
@@ -200,6 +201,9 @@ class Client:
         self.connection = Connection(location, timeout=timeout, token=token, ca_file=ca_file, **flight_kwargs)
         self._flight = self.connection.open()
         self._default_streams: Optional[int] = None
+        # Open preprocess iterations, closed before the Flight client is: their
+        # threads must not use it afterwards.
+        self._iterations: "weakref.WeakSet[StreamedBatches]" = weakref.WeakSet()
 
     @property
     def location(self) -> Union[str, flight.Location]:
@@ -218,7 +222,9 @@ class Client:
     # -- lifecycle -----------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the underlying Flight client."""
+        """Close the underlying Flight client, after cancelling :meth:`preprocess` iterations still open."""
+        for running in list(self._iterations):
+            running.close()
         self._flight.close()
 
     def __enter__(self) -> "Client":
@@ -410,9 +416,11 @@ class Client:
                 return streams
             return 1 if seed_kind == "other" else self.default_streams(timeout=timeout)
 
-        return StreamedBatches(
+        iteration = StreamedBatches(
             self._flight, command, schema, batches, options, resolve, prefetch, _batch_count(images, batch_size)
         )
+        self._iterations.add(iteration)
+        return iteration
 
     def preprocess_table(
         self,
