@@ -56,7 +56,7 @@ import pyarrow.flight as flight
 
 from ._contract import SEED_COLUMN
 
-__all__ = ["StreamedBatches", "default_streams_for", "MAX_DEFAULT_STREAMS", "seed_column_kind"]
+__all__ = ["StreamedBatches", "default_streams_for", "default_prefetch", "MAX_DEFAULT_STREAMS", "seed_column_kind"]
 
 #: Input batches one call writes ahead of the rows it has read back. Below
 #: the server's pipeline depth (two processed batches queued besides the one
@@ -90,6 +90,19 @@ def default_streams_for(threads: Optional[int]) -> int:
     if not threads or threads < 1:
         threads = os.cpu_count() or 1
     return max(1, min(MAX_DEFAULT_STREAMS, int(threads)))
+
+
+def default_prefetch(streams: int) -> int:
+    """Input batches in flight ahead of the caller by default: ``2 * streams + 2``.
+
+    Each call keeps :data:`_BATCHES_IN_FLIGHT` on the wire, as the one-call
+    client does; the window also counts outputs read back and not yet taken
+    (the one being handed over, one ready after it). With only ``2 *
+    streams`` the calls run out of input whenever outputs wait for the
+    caller: measured 6-8 % fewer images/s than the one-call client on 2
+    cores, none with this window.
+    """
+    return _BATCHES_IN_FLIGHT * streams + 2
 
 
 def seed_column_kind(schema: pa.Schema) -> str:
@@ -502,7 +515,7 @@ class StreamedBatches(Iterator[pa.RecordBatch]):
         k = self._resolve_streams()
         if self._max_batches is not None:  # no more calls than input batches
             k = max(1, min(k, self._max_batches))
-        prefetch = self._prefetch if self._prefetch is not None else 2 * k
+        prefetch = self._prefetch if self._prefetch is not None else default_prefetch(k)
         self.streams = k
         self._run = _Run(*self._args, streams=k, prefetch=prefetch)
         self._args = None  # type: ignore[assignment] - the run holds them now

@@ -354,11 +354,14 @@ class Client:
             runs on one stream by default and refuses ``streams > 1``.
         prefetch:
             Input batches in flight ahead of the caller: dealt to the streams
-            and not yet handed over (outputs read ahead wait in memory until
-            the caller takes them). Default ``2 * streams``. ``0``: no
-            threads; one call runs on the caller's thread, writing and reading
-            in turn as the caller asks for outputs (``streams`` must then be
-            1 or ``None``).
+            and not yet handed over. Up to that many output batches wait in
+            this process's memory when the caller is slower than the server.
+            Default ``2 * streams + 2``: two batches on the wire per call (as
+            the one-call client keeps) plus the one being handed over and one
+            ready after it; smaller windows leave the calls without input
+            while outputs wait for the caller. ``0``: no threads; one call
+            runs on the caller's thread, writing and reading in turn as the
+            caller asks for outputs (``streams`` must then be 1 or ``None``).
 
         Yields
         ------
