@@ -15,21 +15,19 @@ so that other load on the machine hits all of them alike:
   k1, k2   preprocess(..., streams=K): K calls, each on its own thread,
            outputs handed over in input order through a queue
 
-Each round first measures the one-call client's free rate R (below) and
-sets the consumer's time per batch to T = 32 / R, so that the consumer's
-rate equals the server's. Then, per client, back to back:
+Per round and client, back to back:
 
-  free     the consumer only touches each batch: the server's rate with this
-           client (images/s), and the CPU seconds per 1000 images of the
-           client process (getrusage RUSAGE_SELF: every thread of this
+  free     the consumer only touches each batch: the server's rate R with
+           this client (images/s), and the CPU seconds per 1000 images of
+           the client process (getrusage RUSAGE_SELF: every thread of this
            process) and of the server (/proc/PID/stat)
-  busy     the consumer sleeps T per batch, no CPU used (a stand-in for GPU
-           work). The score is busy images/s / min(consumer rate 32 / T,
-           this client's free rate just measured); a loader that overlaps
-           fully scores 1, a serial one about 0.5 (the harmonic sum), the
-           target is >= 0.9. Taking the server's rate next to the busy phase
-           keeps load that other processes add or remove between phases
-           out of the score.
+  busy     the consumer sleeps T = 32 / R per batch (its rate equals the
+           server's), using no CPU (a stand-in for GPU work). The score is
+           busy images/s / min(consumer rate, server rate) = busy / R; a
+           loader that overlaps fully scores 1, a serial one about 0.5 (the
+           harmonic sum), the target is >= 0.9. Measuring R right before
+           the busy phase keeps load that other processes add or remove
+           between rounds out of the score.
 
 Medians over rounds are printed with the machine's load from other
 processes (other%: their share of all CPUs during the phase); above ~10 %
@@ -118,16 +116,16 @@ def main() -> None:
         for how in clients.values():  # warm-up: threads, pool blocks, connections
             phase(client, spec, slices, how, 0.5, 0.0, server.proc.pid)
         for rnd in range(args.rounds):
-            rate = phase(client, spec, slices, clients["serial"], args.seconds, 0.0, server.proc.pid)["ips"]
-            sleep_s = BATCH / rate
+            line = []
             for name, how in clients.items():
                 free = phase(client, spec, slices, how, args.seconds, 0.0, server.proc.pid)
+                sleep_s = BATCH / free["ips"]
                 busy = phase(client, spec, slices, how, args.seconds, sleep_s, server.proc.pid)
                 results[name]["free"].append(free)
                 results[name]["busy"].append(busy)
-                scores[name].append(busy["ips"] / min(BATCH / sleep_s, free["ips"]))
-            print(f"[round {rnd + 1}/{args.rounds}] server rate {rate:.0f} img/s, consumer {1e3 * sleep_s:.1f} ms/batch: "
-                  + "  ".join(f"{name} {scores[name][-1]:.2f}" for name in clients), flush=True)
+                scores[name].append(busy["ips"] / free["ips"])
+                line.append(f"{name} {scores[name][-1]:.2f} (T {1e3 * sleep_s:.1f} ms)")
+            print(f"[round {rnd + 1}/{args.rounds}] " + "  ".join(line), flush=True)
         client.close()
     finally:
         server.close()
