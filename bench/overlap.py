@@ -2,18 +2,19 @@
 """Does the Python client overlap the server's work with the consumer's?
 
     PYTHONPATH=clients/python .venv/bin/python bench/overlap.py [--bin-dir DIR] [--rounds 3]
-        [--seconds 3] [--spec u8|f32] [--streams 1,2] [--json OUT]
+        [--seconds 3] [--spec u8|f32] [--streams 1,2,4:16] [--json OUT]
 
 Starts `pixelfeed serve --threads CORES` on loopback (built with cargo as
 bench/run.py does, or --bin-dir with prebuilt binaries) and streams the
 imagenet benchmark set (../shared/corpus/bench/imagenet, batches of 32)
-through three kinds of client, in one process, interleaved round by round
-so that other load on the machine hits all of them alike:
+through these clients, in one process, interleaved round by round so that
+other load on the machine hits all of them alike:
 
   serial   preprocess(..., streams=1, prefetch=0): one call written and read
            in turn on the caller's thread (the client before it had streams)
-  k1, k2   preprocess(..., streams=K): K calls, each on its own thread,
-           outputs handed over in input order through a queue
+  kK       preprocess(..., streams=K) for each K of --streams: K calls, each
+           on its own thread, outputs handed over in input order through a
+           queue (kKpP: with prefetch=P)
 
 Per round and client, back to back:
 
@@ -30,8 +31,9 @@ Per round and client, back to back:
            between rounds out of the score.
 
 Medians over rounds are printed with the machine's load from other
-processes (other%: their share of all CPUs during the phase); above ~10 %
-the absolute rates are noisy, the ratios within a round less so.
+processes (other%: their share of all CPUs during the phase, worst phase);
+above ~10 % the rates and the scores are noise, so the scores are also
+given over the clean rounds alone (--max-other-load).
 """
 
 from __future__ import annotations
@@ -89,7 +91,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=3.0, help="length of each phase")
     ap.add_argument("--spec", choices=sorted(SPECS), default="u8")
-    ap.add_argument("--streams", default="1,2", help="stream counts of the new client, comma-separated")
+    ap.add_argument("--streams", default="1,2",
+                    help="stream counts of the new client, comma-separated; K:P also sets prefetch=P")
+    ap.add_argument("--max-other-load", type=float, default=0.15,
+                    help="a free+busy pair counts as clean when other processes used less than this share "
+                         "of the CPUs in both phases")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
@@ -105,8 +111,9 @@ def main() -> None:
     table = pa.record_batch({"image": pa.array([images[i % n] for i in range(n * BATCH)], pa.binary())})
     slices = [table.slice(i * BATCH, BATCH) for i in range(n)]
     clients = {"serial": {"streams": 1, "prefetch": 0}}
-    for k in (int(x) for x in args.streams.split(",")):
-        clients[f"k{k}"] = {"streams": k}
+    for item in args.streams.split(","):
+        k, _, p = item.partition(":")
+        clients[f"k{k}" + (f"p{p}" if p else "")] = {"streams": int(k), **({"prefetch": int(p)} if p else {})}
 
     server = bench.Server(bins["pixelfeed"], args.cores)
     results: Dict[str, Dict[str, List[Dict[str, float]]]] = {name: {"free": [], "busy": []} for name in clients}
@@ -124,7 +131,8 @@ def main() -> None:
                 results[name]["free"].append(free)
                 results[name]["busy"].append(busy)
                 scores[name].append(busy["ips"] / free["ips"])
-                line.append(f"{name} {scores[name][-1]:.2f} (T {1e3 * sleep_s:.1f} ms)")
+                other = max(free["other_load"], busy["other_load"])
+                line.append(f"{name} {scores[name][-1]:.2f} (T {1e3 * sleep_s:.1f} ms, other {100 * other:.0f}%)")
             print(f"[round {rnd + 1}/{args.rounds}] " + "  ".join(line), flush=True)
         client.close()
     finally:
@@ -133,14 +141,18 @@ def main() -> None:
     med = statistics.median
     print(f"\n{args.spec} spec, {args.cores} cores, batch {BATCH}, {args.rounds} rounds (medians):")
     print(f"  {'client':<8} {'free img/s':>10} {'client cpu-s/1k':>16} {'server cpu-s/1k':>16} "
-          f"{'busy img/s':>10} {'overlap':>8} {'other%':>7}")
+          f"{'busy img/s':>10} {'overlap':>8} {'other%':>7} {'clean':>6} {'overlap(clean)':>15}")
     for name in clients:
         fr, bu = results[name]["free"], results[name]["busy"]
         other = max(r["other_load"] for r in fr + bu)
+        clean = [sc for f, b, sc in zip(fr, bu, scores[name])
+                 if max(f["other_load"], b["other_load"]) < args.max_other_load]
         print(f"  {name:<8} {med(r['ips'] for r in fr):10.0f} {med(r['client_cpu_per_1k'] for r in fr):16.3f} "
               f"{med(r['server_cpu_per_1k'] for r in fr):16.3f} {med(r['ips'] for r in bu):10.0f} "
-              f"{med(scores[name]):8.2f} {100 * other:6.0f}%")
-    print("  overlap = busy images/s / min(consumer rate, server rate), consumer rate = server rate (target >= 0.9)")
+              f"{med(scores[name]):8.2f} {100 * other:6.0f}% {len(clean):6d} "
+              f"{(f'{med(clean):.2f}' if clean else '-'):>15}")
+    print("  overlap = busy images/s / min(consumer rate, server rate), consumer rate = server rate (target >= 0.9);")
+    print(f"  clean: rounds where other processes used < {100 * args.max_other_load:.0f}% of the CPUs in both phases")
     base = med(r["client_cpu_per_1k"] for r in results["serial"]["free"])
     for name in clients:
         if name != "serial":
