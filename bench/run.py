@@ -31,9 +31,13 @@ Methods (every one turns encoded bytes already in memory into tensors):
                 equal to Pillow's); needs the `turbojpeg` build (cmake + nasm)
   flight_draft  flight_f32 with "draft": true; large set only
   flight_f32    `pixelfeed serve` + the Python client over loopback,
-                imagenet preset (float32 CHW, normalised)
+                imagenet preset (float32 CHW, normalised), one call run on
+                the caller's thread (preprocess(..., streams=1, prefetch=0):
+                the client before it had streams)
   flight_u8     same, {"preset":"imagenet","dtype":"uint8","layout":"hwc",
                 "normalize":null}
+  flight_u8_k2  flight_u8's spec through preprocess(..., streams=2): two
+                calls, each on its own thread, outputs in input order
 
 The process pools work like torch's DataLoader(num_workers=cores,
 batch_size=32, prefetch_factor=2): each worker builds whole 32-image batches
@@ -100,7 +104,7 @@ SPEC_ZUNE: Dict[str, Any] = {"preset": "imagenet", "decoder": "zune-jpeg"}
 
 METHODS_BY_SET = {
     "imagenet": ["pillow", "torchvision", "decode_only", "engine", "engine_zune", "engine_draft", "engine_u8", "flight_f32",
-                 "flight_u8"],
+                 "flight_u8", "flight_u8_k2"],
     "large": ["pillow", "pillow_draft", "torchvision", "decode_only", "decode_only_draft", "engine", "engine_zune",
               "engine_draft", "engine_u8",
               "flight_f32", "flight_draft", "flight_u8"],
@@ -113,6 +117,8 @@ RATIOS = [
     ("engine_zune/decode_only (pure-Rust fallback)", "engine_zune", "decode_only", "imagenet", None, None, "ips"),
     ("engine_draft/decode_only", "engine_draft", "decode_only", "imagenet", None, None, "ips"),
     ("flight_u8/engine_u8", "flight_u8", "engine_u8", "imagenet", ">=", 0.85, "ips"),
+    ("flight_u8_k2/engine_u8 (two streams)", "flight_u8_k2", "engine_u8", "imagenet", ">=", 0.95, "ips"),
+    ("flight_u8_k2/flight_u8", "flight_u8_k2", "flight_u8", "imagenet", None, None, "ips"),
     ("flight_u8/engine (f32 engine row; for reference)", "flight_u8", "engine", "imagenet", None, None, "ips"),
     ("flight_f32/engine", "flight_f32", "engine", "imagenet", None, None, "ips"),
     ("flight_f32/torchvision", "flight_f32", "torchvision", "imagenet", ">=", 1.5, "ips"),
@@ -456,7 +462,10 @@ class Server:
                 self.proc.wait()
 
 
-def run_flight(server: Server, spec: Dict[str, Any], images: List[bytes], cfg: "Config") -> Dict[str, Any]:
+def run_flight(server: Server, spec: Dict[str, Any], images: List[bytes], cfg: "Config",
+               streams: int = 1) -> Dict[str, Any]:
+    """Throughput and latency over Flight; ``streams=1`` is one call on this
+    thread (``prefetch=0``), more are ``preprocess(..., streams=N)``."""
     import pyarrow as pa
 
     import pixelfeed
@@ -466,6 +475,7 @@ def run_flight(server: Server, spec: Dict[str, Any], images: List[bytes], cfg: "
     table = pa.record_batch({"image": pa.array([images[i % n] for i in range(distinct * BATCH)], pa.binary())})
     slices = [table.slice(i * BATCH, BATCH) for i in range(distinct)]
     client = pixelfeed.connect(f"grpc://{server.addr}")
+    how = {"streams": 1, "prefetch": 0} if streams == 1 else {"streams": streams}
     try:
         def drain(stream) -> int:
             rows = 0
@@ -478,13 +488,13 @@ def run_flight(server: Server, spec: Dict[str, Any], images: List[bytes], cfg: "
             return rows
 
         try:
-            drain(client.preprocess(slices[:2], spec=spec, batch_size=BATCH))  # warm-up
+            drain(client.preprocess(slices[:2], spec=spec, batch_size=BATCH, **how))  # warm-up
         except Exception as e:  # pyarrow.ArrowInvalid / FlightError, by pyarrow version
             if "built without libjpeg-turbo" in str(e):
                 raise DraftUnavailable() from e
             raise
 
-        # -- throughput: one stream, batches of 32, until --seconds have passed.
+        # -- throughput: batches of 32, until --seconds have passed.
         t0 = time.perf_counter()
         sent = [0]
 
@@ -498,7 +508,7 @@ def run_flight(server: Server, spec: Dict[str, Any], images: List[bytes], cfg: "
         with Window(server.proc.pid) as window:
             srv0, self0 = proc_cpu(server.proc.pid), rusage_cpu(resource.RUSAGE_SELF)
             t0 = time.perf_counter()
-            rows = drain(client.preprocess(gen(), spec=spec, batch_size=BATCH))
+            rows = drain(client.preprocess(gen(), spec=spec, batch_size=BATCH, **how))
             wall = time.perf_counter() - t0
             cpu = (proc_cpu(server.proc.pid) - srv0) + (rusage_cpu(resource.RUSAGE_SELF) - self0)
 
@@ -508,7 +518,7 @@ def run_flight(server: Server, spec: Dict[str, Any], images: List[bytes], cfg: "
         k = 0
         while len(lat) < cfg.lat_min or (len(lat) < cfg.lat_max and time.perf_counter() - t0 < cfg.lat_seconds):
             t = time.perf_counter()
-            drain(client.preprocess(slices[k % distinct], spec=spec, batch_size=BATCH))
+            drain(client.preprocess(slices[k % distinct], spec=spec, batch_size=BATCH, **how))
             lat.append((time.perf_counter() - t) * 1e3)
             k += 1
     finally:
@@ -673,6 +683,8 @@ def main() -> None:
                             r = run_flight(server, SPEC_DRAFT, images, cfg)
                         elif m == "flight_u8":
                             r = run_flight(server, SPEC_U8, images, cfg)
+                        elif m == "flight_u8_k2":
+                            r = run_flight(server, SPEC_U8, images, cfg, streams=2)
                         else:
                             r = run_pool(m, images, args.cores, cfg)
                     except DraftUnavailable:

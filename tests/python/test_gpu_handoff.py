@@ -91,3 +91,84 @@ def test_torch_bfloat16_is_torchs_own_rounding(client):
     assert x.data_ptr() == _ptr(pixelfeed.tensors(bf16)), "bfloat16 view must stay zero-copy"
     want = to_torch(f32).to(torch.bfloat16)
     assert torch.equal(x, want)
+
+
+U8_HWC = {"preset": "imagenet", "dtype": "uint8", "layout": "hwc", "normalize": None}
+IMAGENET_NORMALIZE = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+
+
+def _mixed_table(n=21):
+    """``n`` rows of the bundled images (one broken) with an ``id`` column."""
+    import pyarrow as pa
+
+    names = ["pillow_hopper.jpg", "china_progressive_420_q90.jpg", "pillow_hopper_orientation_6.jpg", "pillow_hopper.png"]
+    images = [(DATA / names[i % len(names)]).read_bytes() for i in range(n)]
+    images[5] = b"not an image"
+    return pa.table({"id": pa.array(range(n), pa.int64()), "image": pa.array(images, pa.binary())})
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_torch_loader_normalises_uint8_like_the_server_does_float32(client, device):
+    """``normalize=`` on uint8 HWC gives the server's float32 CHW imagenet tensors, in order, complete."""
+    torch = pytest.importorskip("torch", reason="PyTorch not installed: pixelfeed.torch untested here (run tests/gpu/run.sh)")
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from pixelfeed.torch import TorchLoader
+
+    table = _mixed_table()
+    reference = list(client.preprocess(table, spec="imagenet", batch_size=64))
+    want = np.concatenate([pixelfeed.tensors(b) for b in reference])
+    ok = np.concatenate([pixelfeed.valid(b) for b in reference])
+    assert not ok.all()  # a failed row: zeros on both sides, not compared
+    loader = TorchLoader.from_client(client, table, U8_HWC, batch_size=4, streams=3, device=device,
+                                     with_batch=True, normalize=IMAGENET_NORMALIZE, channels_last=True)
+    got = list(loader)  # every tensor kept: a later batch must not have overwritten an earlier one
+    if device == "cuda":
+        torch.cuda.synchronize()
+    assert [x.shape[0] for x, _ in got] == [4, 4, 4, 4, 4, 1]
+    assert [i for _, b in got for i in b.column("id").to_pylist()] == list(range(table.num_rows))
+    for x, _ in got:
+        assert x.dtype == torch.float32 and x.device.type == device
+        assert x.is_contiguous(memory_format=torch.channels_last)
+    x = torch.cat([x.cpu() for x, _ in got]).contiguous().numpy()
+    assert x.shape == want.shape == (table.num_rows, 3, 224, 224)
+    diff = float(np.abs(x[ok] - want[ok]).max())
+    assert diff <= 1e-5, f"max |GPU-normalised - server float32| = {diff}"
+    if device == "cuda":
+        assert loader.h2d_bytes == table.num_rows * 224 * 224 * 3  # uint8 on the wire and over PCIe
+
+
+def test_torch_cuda_loader_valid_only_bf16_contiguous(client):
+    torch = pytest.importorskip("torch", reason="PyTorch not installed: pixelfeed.torch untested here (run tests/gpu/run.sh)")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from pixelfeed.torch import TorchLoader
+
+    table = _mixed_table()
+    loader = TorchLoader(client.preprocess(table, spec=U8_HWC, batch_size=8, streams=2), device="cuda",
+                         batch_size=8, valid_only=True, normalize=IMAGENET_NORMALIZE, dtype=torch.bfloat16)
+    got = list(loader)
+    assert [x.shape for x in got][0] == (7, 3, 224, 224)  # row 5 failed
+    assert all(x.dtype == torch.bfloat16 and x.is_contiguous() for x in got)
+    assert sum(x.shape[0] for x in got) == table.num_rows - 1
+
+
+def test_torch_cuda_loader_closed_early_frees_the_servers_blocks(client):
+    torch = pytest.importorskip("torch", reason="PyTorch not installed: pixelfeed.torch untested here (run tests/gpu/run.sh)")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    import threading
+    import time
+
+    from pixelfeed.torch import TorchLoader
+
+    images = [(DATA / "pillow_hopper.jpg").read_bytes()] * 4000
+    loader = TorchLoader.from_client(client, images, U8_HWC, batch_size=32, streams=3, device="cuda")
+    it = iter(loader)
+    next(it)
+    it.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith(("pixelfeed-stream", "pixelfeed-cuda"))]
+    deadline = time.monotonic() + 20
+    while client.stats()["pool"]["blocks_in_use"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert client.stats()["pool"]["blocks_in_use"] == 0

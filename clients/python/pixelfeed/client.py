@@ -9,16 +9,21 @@ needed to talk to the server; this module only saves the boilerplate:
   same rows in the same order (an input batch may come back split in several);
 - ``DoAction("presets")`` returns the built-in presets as JSON.
 
-Writing and reading take turns on the caller's thread, with a couple of input
-batches written ahead of the outputs read back, so an input of any size streams
-through with bounded memory, no deadlock on gRPC flow control, and no writer
-thread racing the reader when the server ends a call early (see
-``Client._exchange``).
+:meth:`Client.preprocess` runs ``streams`` calls at once, each on a thread of
+its own that writes and reads in turn (a couple of input batches written ahead
+of the outputs read back), and hands their outputs to the caller in input
+order (see :mod:`pixelfeed._streams`). So an input of any size streams through
+with bounded memory, no deadlock on gRPC flow control, and never two threads
+on one call (Arrow C++ aborts the process when a second thread writes to a
+call the server is ending). ``prefetch=0`` runs one call on the caller's
+thread instead (``Client._exchange``).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import weakref
 from collections import deque
 from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
@@ -26,10 +31,11 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from . import datasets
-from ._connection import Connection
-from ._contract import DEFAULT_PRESET, IMAGE_COLUMN, SpecLike, encode_spec
+from ._connection import TRANSIENT_ERRORS, Connection
+from ._contract import DEFAULT_PRESET, IMAGE_COLUMN, SEED_COLUMN, SpecLike, encode_spec
+from ._streams import _BATCHES_IN_FLIGHT, StreamedBatches, default_streams_for, seed_column_kind
 
-__all__ = ["Client", "connect", "SpecLike", "ImagesLike", "encode_spec", "DEFAULT_PRESET"]
+__all__ = ["Client", "connect", "SpecLike", "ImagesLike", "encode_spec", "DEFAULT_PRESET", "StreamedBatches"]
 
 ImagesLike = Union[
     "pa.Table",
@@ -40,11 +46,8 @@ ImagesLike = Union[
 ]
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)
-#: Input batches written ahead of the rows read back in one exchange. Below
-#: the server's pipeline depth (two processed batches queued besides the one
-#: being sent), so the server always keeps reading and a write never waits
-#: on our own reads; see ``Client._exchange``.
-_BATCHES_IN_FLIGHT = 2
+# _BATCHES_IN_FLIGHT (from ._streams): input batches written ahead of the rows
+# read back in one exchange, below the server's pipeline depth of two.
 _BINARY_LIMIT = (1 << 31) - 1  # total bytes one `binary` array can address
 
 
@@ -171,6 +174,19 @@ def _input_stream(images: ImagesLike, batch_size: int) -> Tuple[pa.Schema, Itera
     )
 
 
+def _batch_count(images: ImagesLike, batch_size: int) -> Optional[int]:
+    """How many batches :func:`_input_stream` makes of ``images``, when known without consuming it."""
+    if isinstance(images, (pa.Table, pa.RecordBatch)):
+        rows = images.num_rows
+    elif isinstance(images, _BYTES_LIKE):
+        rows = 1
+    elif isinstance(images, (list, tuple)) and not any(isinstance(x, pa.RecordBatch) for x in images[:1]):
+        rows = len(images)  # bytes items; a batch may close early at 2 GiB, so this is a lower bound
+    else:
+        return None
+    return max(1, -(-rows // batch_size))
+
+
 def _same_schema(a: pa.Schema, b: pa.Schema) -> bool:
     """Schemas equal field for field (metadata ignored)."""
     return a.equals(b, check_metadata=False)
@@ -181,7 +197,7 @@ class Client:
 
     Create it with :func:`connect`. The client is thread-safe in the sense
     that several threads may each run their own :meth:`preprocess` call; a
-    single call's iterator must be consumed by one thread.
+    single call's iterator must be consumed by one thread at a time.
     """
 
     def __init__(
@@ -208,6 +224,10 @@ class Client:
         #: The settings this client was made with (see :class:`pixelfeed._connection.Connection`).
         self.connection = Connection(location, timeout=timeout, token=token, ca_file=ca_file, **flight_kwargs)
         self._flight = self.connection.open()
+        self._default_streams: Optional[int] = None
+        # Open preprocess iterations, closed before the Flight client is: their
+        # threads must not use it afterwards.
+        self._iterations: "weakref.WeakSet[StreamedBatches]" = weakref.WeakSet()
 
     @property
     def location(self) -> Union[str, flight.Location]:
@@ -226,7 +246,9 @@ class Client:
     # -- lifecycle -----------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the underlying Flight client."""
+        """Close the underlying Flight client, after cancelling :meth:`preprocess` iterations still open."""
+        for running in list(self._iterations):
+            running.close()
         self._flight.close()
 
     def __enter__(self) -> "Client":
@@ -263,6 +285,36 @@ class Client:
             raise ValueError(f"unexpected presets answer: {value!r}")
         return value
 
+    def stats(self, *, timeout: Optional[float] = None) -> Dict[str, Any]:
+        """Return the server's ``DoAction("stats")`` answer as a dict (``pool``, ``decoders``, ...)."""
+        results = list(self._flight.do_action(flight.Action("stats", b""), self.connection.options(timeout)))
+        value = json.loads(b"".join(r.body.to_pybytes() for r in results) or b"{}")
+        if not isinstance(value, dict):
+            raise ValueError(f"unexpected stats answer: {value!r}")
+        return value
+
+    def default_streams(self, *, timeout: Optional[float] = None) -> int:
+        """The number of ``DoExchange`` calls :meth:`preprocess` runs when not told: ``min(4, threads)``.
+
+        ``threads`` is the engine thread count the server reports as
+        ``"threads"`` in ``DoAction("stats")``; a server that does not report
+        one (or refuses the action) gets ``min(4, os.cpu_count())`` of this
+        machine. Asked once per client; a transient failure (server
+        unavailable, timeout) is not remembered.
+        """
+        if self._default_streams is None:
+            threads: Optional[int] = None
+            try:
+                reported = self.stats(timeout=timeout).get("threads")
+                if isinstance(reported, int) and not isinstance(reported, bool) and reported > 0:
+                    threads = reported
+            except TRANSIENT_ERRORS:
+                return default_streams_for(os.cpu_count())
+            except (flight.FlightError, pa.ArrowException, ValueError):
+                pass  # an older server: no stats, or stats without threads
+            self._default_streams = default_streams_for(threads)
+        return self._default_streams
+
     # -- server-side datasets (pixelfeed.datasets) ---------------------------------
 
     def dataset(self, name: str, spec: SpecLike = None) -> datasets.Dataset:
@@ -288,6 +340,8 @@ class Client:
         batch_size: int = 64,
         *,
         timeout: Optional[float] = None,
+        streams: Optional[int] = None,
+        prefetch: Optional[int] = None,
     ) -> Iterator[pa.RecordBatch]:
         """Stream ``images`` through the server; yield the output record batches.
 
@@ -309,7 +363,30 @@ class Client:
             Largest number of rows per batch sent to the server. Input batches
             larger than this are sliced (zero-copy).
         timeout:
-            Deadline in seconds for the whole call (default: the client's).
+            Deadline in seconds for the whole call (default: the client's);
+            each stream's call has it.
+        streams:
+            How many ``DoExchange`` calls run at once (each on a thread of its
+            own). Input batches are dealt to them round-robin and the outputs
+            come back in input order, so the result is the same for any
+            ``streams``: same rows, same order, same pixels (random crops and
+            flips included: with several streams every row is sent with its
+            position in the whole input as its ``seed`` column key, unless the
+            input has a ``seed`` column of its own; that column is not in the
+            output). Default: :meth:`default_streams`, ``min(4, threads)``
+            with ``threads`` the server's (``stats``) or this machine's CPU
+            count. An input whose ``seed`` column is not int32/int64/uint32/uint64
+            runs on one stream by default and refuses ``streams > 1``.
+        prefetch:
+            Input batches in flight ahead of the caller: dealt to the streams
+            and not yet handed over. Up to that many output batches wait in
+            this process's memory when the caller is slower than the server.
+            Default ``2 * streams + 2``: two batches on the wire per call (as
+            the one-call client keeps) plus the one being handed over and one
+            ready after it; smaller windows leave the calls without input
+            while outputs wait for the caller. ``0``: no threads; one call
+            runs on the caller's thread, writing and reading in turn as the
+            caller asks for outputs (``streams`` must then be 1 or ``None``).
 
         Yields
         ------
@@ -330,13 +407,48 @@ class Client:
         TypeError / ValueError
             The input is not one of the accepted forms.
 
+        pyarrow.flight.FlightError / pyarrow.ArrowException
+            Any call failing (server error, deadline, lost connection) ends
+            the whole iteration with that call's status; the other calls are
+            cancelled.
+
         The request is sent lazily: nothing happens until the first output
-        batch is requested. Breaking out of the loop cancels the call.
+        batch is requested. The iterator (a :class:`StreamedBatches`, or a
+        generator with ``prefetch=0``) holds the caller's thread only while it
+        waits for the next batch in order. Breaking out of the loop, an
+        exception in it, ``close()`` or garbage collection cancels every call
+        and waits for their threads, so the server frees their output blocks.
         """
         command = encode_spec(spec)
         schema, batches = _without_dictionaries(*_input_stream(images, batch_size))
         _check_input_schema(schema)
-        return self._exchange(command, schema, batches, self.connection.options(timeout))
+        if streams is not None and streams < 1:
+            raise ValueError(f"streams must be >= 1, got {streams}")
+        if prefetch is not None and prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0, got {prefetch}")
+        options = self.connection.options(timeout)
+        if prefetch == 0:
+            if streams not in (None, 1):
+                raise ValueError("prefetch=0 runs one call on the caller's thread: streams must be 1")
+            return self._exchange(command, schema, batches, options)
+        seed_kind = seed_column_kind(schema)
+        if streams is not None and streams > 1 and seed_kind == "other":
+            raise TypeError(
+                f"column '{SEED_COLUMN}' is {schema.field(SEED_COLUMN).type}; random draws are keyed by "
+                "int32/int64/uint32/uint64 seeds, which several streams need: cast it, or pass streams=1"
+            )
+
+        def resolve() -> int:
+            """The stream count, asked of the server at the first ``next()`` when not given."""
+            if streams is not None:
+                return streams
+            return 1 if seed_kind == "other" else self.default_streams(timeout=timeout)
+
+        iteration = StreamedBatches(
+            self._flight, command, schema, batches, options, resolve, prefetch, _batch_count(images, batch_size)
+        )
+        self._iterations.add(iteration)
+        return iteration
 
     def preprocess_table(
         self,
@@ -345,9 +457,10 @@ class Client:
         batch_size: int = 64,
         *,
         timeout: Optional[float] = None,
+        streams: Optional[int] = None,
     ) -> pa.Table:
         """Like :meth:`preprocess`, but collect every output batch into one ``pyarrow.Table``."""
-        batches = list(self.preprocess(images, spec, batch_size, timeout=timeout))
+        batches = list(self.preprocess(images, spec, batch_size, timeout=timeout, streams=streams))
         if not batches:
             raise ValueError("no output: the input had no rows")
         return pa.Table.from_batches(batches)
@@ -361,7 +474,7 @@ class Client:
         batches: Iterator[pa.RecordBatch],
         options: flight.FlightCallOptions,
     ) -> Iterator[pa.RecordBatch]:
-        """Run one ``DoExchange`` from this one thread, writing and reading in turn.
+        """Run one ``DoExchange`` from this one thread, writing and reading in turn (``prefetch=0``).
 
         Why one thread: Arrow C++'s exchange stream is not safe when the
         server ends the call while another thread writes: the reader's

@@ -6,24 +6,44 @@
 - On CPU, :func:`to_torch` wraps the Arrow values buffer with no copy
   (``torch.from_numpy`` on the zero-copy view from :func:`pixelfeed.tensors`).
   The tensor shares read-only Arrow memory: do not write to it in place.
-- On CUDA, :class:`TorchLoader` copies each batch into one of two reused
-  page-locked (``pin_memory``) host tensors and issues
-  ``.to(device, non_blocking=True)`` on a side stream, one batch ahead of the
-  consumer, so the host→device copy of batch N+1 overlaps the model's work on
-  batch N. The consumer's stream waits on an event before it sees a batch, so
-  the tensors it gets are always complete.
+- On CUDA, :class:`TorchLoader` hands the batches to a staging thread of its
+  own. For each batch that thread copies the rows once into one of two
+  reused page-locked (``pin_memory``) host buffers, issues the host→device
+  copy on a side CUDA stream and, when asked (``normalize``,
+  ``channels_last``), converts the batch on the GPU on that same stream;
+  then it records an event. Up to ``prefetch`` batches wait ready on the
+  GPU. The caller's thread only makes its current stream wait on the event
+  (no host synchronisation) and takes the tensor, so the copies and the
+  conversion of the next batches overlap the model's work on this one; the
+  tensors it gets are complete when its stream uses them, and each is its
+  own allocation, never reused for a later batch while the caller's stream
+  may still read it (``record_stream``).
+- ``uint8`` specs (e.g. ``raw_u8``) ship 4× fewer bytes than ``float32``;
+  ``normalize=(mean, std)`` then computes torchvision's
+  ``(x / 255 - mean) / std`` in float32 on the device (``dtype`` to cast the
+  result) and ``channels_last=True`` gives the ``(N, C, H, W)`` tensor in
+  channels-last memory, which an HWC batch already is (no copy).
 
 Example::
 
-    loader = TorchLoader(client.preprocess(images, spec="imagenet"), device="cuda")
-    for x in loader:               # (N, 3, 224, 224) float32 on cuda
+    loader = TorchLoader.from_client(client, images, {"preset": "raw_u8"}, batch_size=256,
+                                     streams=4, device="cuda",
+                                     normalize=([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+                                     channels_last=True)
+    for x in loader:               # (256, 3, 224, 224) float32, channels_last, on cuda
         logits = model(x)
+
+**Architecture invariant:** the staging thread is the only thread that
+advances the batch iterator and the only one that touches the staging
+buffers; a staging buffer is overwritten only after the event of its last
+host→device copy completed.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
-from typing import Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
@@ -33,7 +53,8 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised where torch is absent
     raise ImportError("pixelfeed.torch needs PyTorch: pip install torch") from exc
 
-from .arrays import tensor_dtype, tensors, valid
+from ._loader import NormalizeLike, Prefetcher, parse_normalize, regroup
+from .arrays import batch_spec, tensor_dtype, tensors, valid
 from .client import connect
 from .datasets import assign_shards
 
@@ -68,18 +89,122 @@ def to_torch(batch: Union[pa.RecordBatch, pa.Table]) -> "torch.Tensor":
     return out.view(torch.bfloat16) if bf16 else out
 
 
+class _Convert:
+    """``normalize`` / ``dtype`` / ``channels_last`` on a batch tensor, on whatever device it is."""
+
+    def __init__(self, normalize: NormalizeLike, channels_last: bool, dtype: Optional["torch.dtype"]) -> None:
+        self.normalize = parse_normalize(normalize)
+        self.channels_last = channels_last
+        self.dtype = dtype
+        self._constants: dict = {}
+
+    @property
+    def active(self) -> bool:
+        """Whether the batches are changed at all (else the server's layout and dtype as they are)."""
+        return self.normalize is not None or self.channels_last
+
+    def __call__(self, x: "torch.Tensor", batch: pa.RecordBatch) -> "torch.Tensor":
+        """``x`` (the batch's rows, server layout) as ``(N, C, H, W)``, normalised and laid out as asked."""
+        if not self.active:
+            return x
+        spec = batch_spec(batch)
+        if x.dim() != 4:
+            raise ValueError(f"normalize/channels_last need image tensors (N, C, H, W); got shape {tuple(x.shape)}")
+        if spec.get("layout") == "hwc":
+            x = x.permute(0, 3, 1, 2)  # a view; NHWC memory is channels_last NCHW
+        if self.normalize is not None:
+            if tensor_dtype(batch) != "uint8":
+                raise ValueError(
+                    f"normalize= runs on uint8 specs; this batch is {tensor_dtype(batch)} "
+                    "(normalise on the server with the spec's 'normalize' instead)"
+                )
+            mean, std = self._mean_std(x.device, x.shape[1])
+            x = x.to(torch.float32)  # keeps the memory format of a permuted batch
+            x.div_(255.0).sub_(mean).div_(std)
+            if self.dtype is not None and self.dtype != torch.float32:
+                x = x.to(self.dtype)
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return x.contiguous(memory_format=fmt)
+
+    def _mean_std(self, device: "torch.device", channels: int) -> Tuple["torch.Tensor", "torch.Tensor"]:
+        assert self.normalize is not None
+        mean, std = self.normalize
+        if len(mean) != channels:
+            raise ValueError(f"normalize has {len(mean)} values per channel for {channels} channels")
+        key = str(device)
+        if key not in self._constants:
+            self._constants[key] = tuple(
+                torch.tensor(v, dtype=torch.float32, device=device).view(1, -1, 1, 1) for v in (mean, std)
+            )
+        return self._constants[key]
+
+
+class _CudaStager:
+    """Runs on the staging thread: one group of output pieces → its tensor on the GPU, and an event."""
+
+    def __init__(self, device: "torch.device", convert: _Convert, valid_only: bool) -> None:
+        self.device = device
+        self.convert = convert
+        self.valid_only = valid_only
+        self.stream = torch.cuda.Stream(device=device)
+        self.staging: List[Optional["torch.Tensor"]] = [None, None]  # reused pinned host buffers
+        self.copied: List[Optional["torch.cuda.Event"]] = [None, None]  # H2D copy done, per buffer
+        self.slot = 0
+
+    def __call__(self, group: List[pa.RecordBatch]) -> Tuple["torch.Tensor", "torch.cuda.Event", pa.RecordBatch, int]:
+        batch = _merge(group)
+        hosts = [to_torch(piece) for piece in group]
+        keep = [valid(piece) if self.valid_only else None for piece in group]
+        rows = sum(h.shape[0] if k is None else int(k.sum()) for h, k in zip(hosts, keep))
+        row_shape = tuple(hosts[0].shape[1:])
+        dtype = hosts[0].dtype
+        numel = rows * math.prod(row_shape)
+        slot = self.slot
+        self.slot ^= 1
+        if self.copied[slot] is not None:
+            # The copy out of this buffer two batches ago must be done before
+            # the CPU overwrites (or frees) it.
+            self.copied[slot].synchronize()
+        buf = self.staging[slot]
+        if buf is None or buf.numel() < numel or buf.dtype != dtype:
+            buf = torch.empty(max(numel, 1), dtype=dtype, pin_memory=True)
+            self.staging[slot] = buf
+        pinned = buf[:numel].view(rows, *row_shape)
+        offset = 0
+        for h, k in zip(hosts, keep):  # gather the pieces: the one CPU copy of this path
+            if k is None or k.all():
+                pinned[offset : offset + h.shape[0]].copy_(h)
+                offset += h.shape[0]
+            else:
+                rows_kept = np.flatnonzero(k)
+                torch.index_select(h, 0, torch.from_numpy(rows_kept), out=pinned[offset : offset + rows_kept.size])
+                offset += rows_kept.size
+        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
+            dev = torch.empty((rows, *row_shape), dtype=dtype, device=self.device)
+            dev.copy_(pinned, non_blocking=True)
+            copied = torch.cuda.Event()
+            copied.record(self.stream)
+            self.copied[slot] = copied
+            out = self.convert(dev, batch)
+            ready = torch.cuda.Event()
+            ready.record(self.stream)
+        return out, ready, batch, numel * pinned.element_size()
+
+
 class TorchLoader:
     """Iterate ``torch.Tensor`` batches from pixelfeed output batches.
 
     Args:
-        batches: output record batches, e.g. ``client.preprocess(...)``.
+        batches: output record batches, e.g. ``client.preprocess(...)``
+            (see :meth:`from_client` to have the loader call it).
         device: ``"cpu"`` (default) or a CUDA device; ``None`` picks
             ``"cuda"`` when available.
         with_batch: also yield the source ``RecordBatch`` (for ids, labels,
             errors) as ``(tensor, batch)`` pairs.
         valid_only: drop rows whose image failed (the tensor then has fewer
             rows than the batch; use ``with_batch`` and :func:`pixelfeed.valid`
-            to map them back). On CPU this costs a copy of the kept rows.
+            to map them back). On CPU this costs a copy of the kept rows; on
+            CUDA failed rows are left out of the staging copy.
         batch_size: regroup rows into batches of exactly this many (the last
             may be short). The server may answer one input batch with several
             smaller messages; a model wants the batch size it was tuned for.
@@ -87,6 +212,21 @@ class TorchLoader:
             pinned staging buffer that is copied anyway); on CPU a batch made
             of several pieces costs one copy. ``None`` yields each message as
             it arrives.
+        normalize: ``(mean, std)`` (or a spec's ``{"mean": [...], "std":
+            [...]}``), one value per channel on the 0–1 scale: for ``uint8``
+            specs, compute ``(x / 255 - mean) / std`` in float32 on the
+            device (torchvision's ``ToTensor`` + ``Normalize``), so the wire
+            carries 1 byte per value instead of 4. A float spec raises
+            ``ValueError`` (the server normalises those).
+        channels_last: yield ``(N, C, H, W)`` tensors in channels-last
+            memory (free for ``hwc`` specs: NHWC bytes are that layout).
+            With ``normalize`` but not ``channels_last`` the result is a
+            contiguous ``(N, C, H, W)``; with neither, tensors keep the
+            spec's shape (``(N, H, W, C)`` for ``hwc``) and dtype.
+        dtype: the dtype of normalised tensors (default ``torch.float32``;
+            e.g. ``torch.bfloat16``); only with ``normalize``.
+        prefetch: on CUDA, batches staged on the device ahead of the caller
+            (each holds its GPU memory until taken). Default 2.
     """
 
     def __init__(
@@ -96,109 +236,95 @@ class TorchLoader:
         with_batch: bool = False,
         valid_only: bool = False,
         batch_size: Optional[int] = None,
+        *,
+        normalize: NormalizeLike = None,
+        channels_last: bool = False,
+        dtype: Optional["torch.dtype"] = None,
+        prefetch: int = 2,
     ) -> None:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if batch_size is not None and batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if prefetch < 1:
+            raise ValueError("prefetch must be at least 1")
+        if dtype is not None and normalize is None:
+            raise ValueError("dtype= is the dtype of normalised tensors: give normalize= too")
         self.device = torch.device(device)
         self.batches = batches
         self.with_batch = with_batch
         self.valid_only = valid_only
         self.batch_size = batch_size
+        self.prefetch = prefetch
+        self._convert = _Convert(normalize, channels_last, dtype)
         #: Bytes copied host -> device so far (CUDA only).
         self.h2d_bytes = 0
+
+    @classmethod
+    def from_client(
+        cls,
+        client: Any,
+        images: Any,
+        spec: Any = None,
+        batch_size: int = 64,
+        *,
+        streams: Optional[int] = None,
+        timeout: Optional[float] = None,
+        **loader_kwargs: Any,
+    ) -> "TorchLoader":
+        """A loader over ``client.preprocess(images, spec, batch_size, streams=streams)``.
+
+        Input batches of ``batch_size`` rows go to the server over ``streams``
+        calls (default: :meth:`pixelfeed.Client.default_streams`), and the
+        loader yields tensors of ``batch_size`` rows. Other keyword arguments
+        go to :class:`TorchLoader` (``device``, ``normalize``, ``channels_last``,
+        ``dtype``, ``valid_only``, ``with_batch``, ``prefetch``).
+        """
+        batches = client.preprocess(images, spec, batch_size, timeout=timeout, streams=streams)
+        return cls(batches, batch_size=batch_size, **loader_kwargs)
 
     def __iter__(self) -> Iterator[Union["torch.Tensor", Tuple["torch.Tensor", pa.RecordBatch]]]:
         if self.device.type == "cuda":
             yield from self._iter_cuda()
-        else:
-            for group in self._groups():
-                if len(group) == 1:
-                    x = to_torch(group[0])
-                else:
-                    x = torch.cat([to_torch(piece) for piece in group])
-                batch = _merge(group)
-                yield self._emit(self._select(x, batch), batch)
-
-    def _groups(self) -> Iterator[List[pa.RecordBatch]]:
-        """Consecutive row slices (zero-copy) forming each yielded batch."""
-        if self.batch_size is None:
-            for batch in self.batches:
-                yield [batch]
             return
-        group: List[pa.RecordBatch] = []
-        rows = 0
-        for batch in self.batches:
-            offset = 0
-            while offset < batch.num_rows:
-                take = min(self.batch_size - rows, batch.num_rows - offset)
-                group.append(batch.slice(offset, take))
-                rows += take
-                offset += take
-                if rows == self.batch_size:
-                    yield group
-                    group, rows = [], 0
-        if group:
-            yield group
+        for group in regroup(self.batches, self.batch_size):
+            if len(group) == 1:
+                x = to_torch(group[0])
+            else:
+                x = torch.cat([to_torch(piece) for piece in group])
+            batch = _merge(group)
+            if self.valid_only:
+                mask = torch.from_numpy(valid(batch))
+                if not bool(mask.all()):
+                    x = x[mask]
+            yield self._emit(self._convert(x, batch), batch)
 
-    def _select(self, x: "torch.Tensor", batch: pa.RecordBatch) -> "torch.Tensor":
-        if not self.valid_only:
-            return x
-        mask = torch.from_numpy(valid(batch))
-        if bool(mask.all()):
-            return x
-        return x[mask.to(x.device)]
-
-    def _emit(self, x: "torch.Tensor", batch: pa.RecordBatch):
+    def _emit(self, x: "torch.Tensor", batch: pa.RecordBatch) -> Any:
         return (x, batch) if self.with_batch else x
 
-    def _iter_cuda(self):
+    def _iter_cuda(self) -> Iterator[Any]:
         device = self.device
-        copy_stream = torch.cuda.Stream(device=device)
-        staging = [None, None]  # reused pinned host tensors
-        staged_events = [None, None]  # copy-done events guarding each staging slot
-        pending = None  # (device tensor, ready event, batch) one ahead
-        slot = 0
-        for group in self._groups():
-            hosts = [to_torch(piece) for piece in group]
-            rows = sum(h.shape[0] for h in hosts)
-            shape = (rows, *hosts[0].shape[1:])
-            numel = sum(h.numel() for h in hosts)
-            dtype = hosts[0].dtype
-            if staged_events[slot] is not None:
-                # The copy out of this slot two batches ago must be done
-                # before the CPU overwrites (or frees) it.
-                staged_events[slot].synchronize()
-            buf = staging[slot]
-            if buf is None or buf.numel() < numel or buf.dtype != dtype:
-                buf = torch.empty(numel, dtype=dtype, pin_memory=True)
-                staging[slot] = buf
-            pinned = buf[:numel]
-            offset = 0
-            for h in hosts:  # gather the pieces: the one CPU copy of this path
-                pinned[offset : offset + h.numel()].copy_(h.reshape(-1))
-                offset += h.numel()
-            with torch.cuda.stream(copy_stream):
-                dev = pinned.to(device, non_blocking=True).view(shape)
-                ready = torch.cuda.Event()
-                ready.record(copy_stream)
-            staged_events[slot] = ready
-            self.h2d_bytes += pinned.numel() * pinned.element_size()
-            slot ^= 1
-            if pending is not None:
-                yield self._hand_over(*pending)
-            pending = (dev, ready, _merge(group))
-        if pending is not None:
-            yield self._hand_over(*pending)
-
-    def _hand_over(self, dev: "torch.Tensor", ready: "torch.cuda.Event", batch: pa.RecordBatch):
-        consumer = torch.cuda.current_stream(dev.device)
-        consumer.wait_event(ready)
-        # The tensor was allocated on the copy stream; tell the caching
-        # allocator the consumer's stream uses it too.
-        dev.record_stream(consumer)
-        return self._emit(self._select(dev, batch), batch)
+        if device.index is None:  # the caller's current device, not the staging thread's
+            device = torch.device("cuda", torch.cuda.current_device())
+        stager = _CudaStager(device, self._convert, self.valid_only)
+        staged = Prefetcher(
+            regroup(self.batches, self.batch_size),
+            stager,
+            self.prefetch,
+            cancel=getattr(self.batches, "cancel", None),
+            name="pixelfeed-cuda-staging",
+        )
+        try:
+            for dev, ready, batch, nbytes in staged:
+                consumer = torch.cuda.current_stream(dev.device)
+                consumer.wait_event(ready)
+                # The tensor was allocated on the copy stream; tell the caching
+                # allocator the consumer's stream uses it too.
+                dev.record_stream(consumer)
+                self.h2d_bytes += nbytes
+                yield self._emit(dev, batch)
+        finally:
+            staged.close()
 
 
 class ShardedDataset(torch.utils.data.IterableDataset):

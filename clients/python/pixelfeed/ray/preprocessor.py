@@ -185,7 +185,9 @@ class Preprocessor:
                 self._connect(self._current + 1)
             try:
                 assert self._client is not None
-                batches = list(self._client.preprocess(images, self.command, self.batch_size))
+                # One call on this thread: the actor is the unit of parallelism
+                # (one stream per actor), and a retry re-sends the whole batch.
+                batches = list(self._client.preprocess(images, self.command, self.batch_size, streams=1, prefetch=0))
                 if not batches:
                     raise ValueError("no output: the batch had no rows")
                 return pa.Table.from_batches(batches)
