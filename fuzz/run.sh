@@ -44,3 +44,9 @@ cargo +nightly fuzz run -s "$sanitizer" spec corpus/spec seeds/spec -- \
 # disagreement between two clean decodes is a crash with its reproducer.
 cargo +nightly fuzz run -s "$sanitizer" jpeg_differential corpus/jpeg_differential "${jpeg_seeds[@]}" -- \
   -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
+# Wire: FlightData messages through DoExchange's data path (own cargo-fuzz
+# project in wire/, so the targets above build without the server).
+mkdir -p wire/corpus/exchange
+"$py" wire/make_seeds.py wire/seeds >/dev/null
+cargo +nightly fuzz run --fuzz-dir wire -s "$sanitizer" exchange wire/corpus/exchange wire/seeds -- \
+  -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
