@@ -5,6 +5,7 @@ RSS (VmHWM) is compared with its output-pool cap + 256 MiB.
 
     .venv/bin/python bench/rss.py [--clients 8] [--seconds 20] [--pool-mib 256]
                                   [--spec '{"preset":"imagenet"}'] [--bin target/release/pixelfeed]
+                                  [--streams 1] [--server-arg=--flag=value ...]
 
 Every client runs one DoExchange that streams batches of 32 images back to
 back for --seconds (the Python client keeps 2 batches in flight). Prints
@@ -42,6 +43,8 @@ def main() -> int:
     ap.add_argument("--pool-mib", type=int, default=256, help="--pinned-pool-bytes of the server, in MiB")
     ap.add_argument("--spec", default='{"preset":"imagenet"}')
     ap.add_argument("--bin", type=Path, default=REPO / "target" / "release" / "pixelfeed")
+    ap.add_argument("--streams", type=int, default=1, help="DoExchange calls per client")
+    ap.add_argument("--server-arg", action="append", default=[], help="extra `pixelfeed serve` flag (repeatable)")
     ap.add_argument("--corpus", type=Path, default=REPO.parent / "shared" / "corpus" / "bench" / "large")
     args = ap.parse_args()
 
@@ -60,7 +63,7 @@ def main() -> int:
 
     proc = subprocess.Popen(
         [str(args.bin), "serve", "--listen", "127.0.0.1:0", "--pinned", "off",
-         "--pinned-pool-bytes", str(pool_bytes)],
+         "--pinned-pool-bytes", str(pool_bytes), *args.server_arg],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "RUST_LOG": "warn"},
     )
     try:
@@ -84,7 +87,7 @@ def main() -> int:
         def worker(i: int) -> None:
             client = pixelfeed.connect(f"grpc://{addr}")
             try:
-                for out in client.preprocess(batches(), spec=spec, batch_size=BATCH):
+                for out in client.preprocess(batches(), spec=spec, batch_size=BATCH, streams=args.streams):
                     if not pixelfeed.valid(out).all():
                         failures.append(f"client {i}: {set(e for e in pixelfeed.errors(out) if e)}")
                         return
@@ -111,7 +114,7 @@ def main() -> int:
             stats_client.close()
         budget_mib = args.pool_mib + 256
         result = {
-            "clients": args.clients, "seconds": round(wall, 1), "rows": sum(rows),
+            "clients": args.clients, "streams": args.streams, "server_args": args.server_arg, "seconds": round(wall, 1), "rows": sum(rows),
             "images_per_s": round(sum(rows) / wall, 1), "spec": spec,
             "rss_idle_mib": round(baseline_kib / 1024, 1), "rss_peak_mib": round(peak_kib / 1024, 1),
             "pool_cap_mib": args.pool_mib, "budget_mib": budget_mib,
