@@ -322,7 +322,14 @@ class Client:
         return datasets.Dataset(self, name, spec)
 
     def register_dataset(self, name: str, uri: str, *, timeout: Optional[float] = None) -> Dict[str, Any]:
-        """Have the server open ``uri`` as dataset ``name``; returns ``{"name", "rows"}``."""
+        """Have the server open ``uri`` (``[dir:|parquet:|tar:]PATH[?...]``, a path on the *server's* disk)
+        as dataset ``name``; returns ``{"name", "rows"}``.
+
+        An operator's call: raises ``pyarrow.flight.FlightUnauthorizedError`` (gRPC ``PERMISSION_DENIED``)
+        when the server has no ``--dataset-root``, when ``uri`` resolves outside every root (``..`` and
+        symlinks are resolved, also for files inside a directory), or when the server has an operator
+        token (``--operator-token-file``) and this client was not connected with it.
+        """
         return datasets.register(self, name, uri, timeout=timeout)
 
     def read(self, endpoint: flight.FlightEndpoint, *, timeout: Optional[float] = None) -> Iterator[pa.RecordBatch]:
