@@ -34,6 +34,12 @@ if "$py" ../tests/python/jpeg_matrix.py seeds-jpeg-matrix --no-validate >/dev/nu
   rm -f seeds-jpeg-matrix/*.ppm seeds-jpeg-matrix/MANIFEST.tsv
   jpeg_seeds+=(seeds-jpeg-matrix)
 fi
+# WebP, GIF, BMP and TIFF: one target each, seeded with every variant the
+# Pillow comparison tests write (tests/python/test_more_formats.py).
+format_seeds=()
+if "$py" make_format_seeds.py seeds-formats >/dev/null 2>&1; then
+  format_seeds=(seeds-formats)
+fi
 # AddressSanitizer (cargo-fuzz's default): the output block path has unsafe
 # code; libFuzzer also catches panics, hangs (-timeout) and OOMs.
 cargo +nightly fuzz run -s "$sanitizer" decode corpus/decode "${decode_seeds[@]}" -- \
@@ -44,6 +50,13 @@ cargo +nightly fuzz run -s "$sanitizer" spec corpus/spec seeds/spec -- \
 # disagreement between two clean decodes is a crash with its reproducer.
 cargo +nightly fuzz run -s "$sanitizer" jpeg_differential corpus/jpeg_differential "${jpeg_seeds[@]}" -- \
   -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
+for format in webp gif bmp tiff; do
+  mkdir -p "corpus/$format"
+  seeds=()
+  [ ${#format_seeds[@]} -gt 0 ] && seeds=("seeds-formats/$format")
+  cargo +nightly fuzz run -s "$sanitizer" "$format" "corpus/$format" "${seeds[@]}" ../tests/data/images -- \
+    -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
+done
 # Wire: FlightData messages through DoExchange's data path (own cargo-fuzz
 # project in wire/, so the targets above build without the server).
 mkdir -p wire/corpus/exchange

@@ -104,6 +104,39 @@ pub(crate) enum RowError {
     /// Any other failure reported by zune-png.
     #[error("PNG decode failed: {0}")]
     PngDecode(String),
+    /// Structurally broken WebP, GIF, BMP or TIFF data (the format named).
+    #[error("corrupt {format}: {detail}")]
+    Corrupt {
+        /// `WebP`, `GIF`, `BMP` or `TIFF`.
+        format: &'static str,
+        /// What is broken.
+        detail: String,
+    },
+    /// WebP, GIF, BMP or TIFF data that ends too early.
+    #[error("truncated {format}: {detail}")]
+    Truncated {
+        /// The format.
+        format: &'static str,
+        /// Where it ends.
+        detail: String,
+    },
+    /// A valid WebP, GIF, BMP or TIFF variant the engine does not decode
+    /// (e.g. floating-point TIFF samples), named.
+    #[error("unsupported {format}: {detail}")]
+    UnsupportedVariant {
+        /// The format.
+        format: &'static str,
+        /// The variant.
+        detail: String,
+    },
+    /// Any other failure of the WebP, GIF, BMP or TIFF decoder.
+    #[error("{format} decode failed: {detail}")]
+    DecodeFailed {
+        /// The format.
+        format: &'static str,
+        /// The decoder's message.
+        detail: String,
+    },
     /// fast_image_resize refused the job (a bug, reported rather than hidden).
     #[error("resize failed: {0}")]
     Resize(String),
@@ -128,10 +161,18 @@ impl RowError {
             Self::AspectRatio { .. } => RowErrorKind::AspectRatio,
             Self::ResizedTooLarge { .. } => RowErrorKind::ResizedTooLarge,
             Self::MetadataTooLarge { .. } => RowErrorKind::MetadataTooLarge,
-            Self::CorruptJpeg(_) | Self::CorruptPng(_) => RowErrorKind::Corrupt,
-            Self::TruncatedJpeg(_) | Self::TruncatedPng(_) => RowErrorKind::Truncated,
-            Self::UnsupportedJpeg(_) | Self::UnsupportedPng(_) => RowErrorKind::UnsupportedVariant,
-            Self::JpegDecode(_) | Self::PngDecode(_) => RowErrorKind::DecodeFailed,
+            Self::CorruptJpeg(_) | Self::CorruptPng(_) | Self::Corrupt { .. } => {
+                RowErrorKind::Corrupt
+            }
+            Self::TruncatedJpeg(_) | Self::TruncatedPng(_) | Self::Truncated { .. } => {
+                RowErrorKind::Truncated
+            }
+            Self::UnsupportedJpeg(_)
+            | Self::UnsupportedPng(_)
+            | Self::UnsupportedVariant { .. } => RowErrorKind::UnsupportedVariant,
+            Self::JpegDecode(_) | Self::PngDecode(_) | Self::DecodeFailed { .. } => {
+                RowErrorKind::DecodeFailed
+            }
             Self::Resize(_) | Self::Panic(_) | Self::Internal(_) => RowErrorKind::Internal,
         }
     }
@@ -215,6 +256,34 @@ mod tests {
             (RowError::UnsupportedPng("x".into()), "unsupported_variant"),
             (RowError::JpegDecode("x".into()), "decode_failed"),
             (RowError::PngDecode("x".into()), "decode_failed"),
+            (
+                RowError::Corrupt {
+                    format: "GIF",
+                    detail: "x".into(),
+                },
+                "corrupt",
+            ),
+            (
+                RowError::Truncated {
+                    format: "WebP",
+                    detail: "x".into(),
+                },
+                "truncated",
+            ),
+            (
+                RowError::UnsupportedVariant {
+                    format: "TIFF",
+                    detail: "x".into(),
+                },
+                "unsupported_variant",
+            ),
+            (
+                RowError::DecodeFailed {
+                    format: "BMP",
+                    detail: "x".into(),
+                },
+                "decode_failed",
+            ),
             (RowError::Panic("x".into()), "internal"),
             (RowError::Internal("x".into()), "internal"),
             (RowError::Resize("x".into()), "internal"),

@@ -59,10 +59,13 @@
 
 mod alloc;
 mod batch;
+mod bmp;
 mod color;
 mod error;
 mod exif;
+mod formats;
 mod geometry;
+mod gif;
 mod jpeg;
 mod orient;
 mod png;
@@ -70,6 +73,8 @@ mod resize;
 mod rng;
 mod row;
 mod sniff;
+mod tiff;
+mod webp;
 mod write;
 
 pub use alloc::{BlockAllocator, HeapAllocator, TensorBlock};

@@ -23,6 +23,7 @@ use pixelfeed_schema::{Color, Filter, TransformSpec};
 
 use crate::error::{format_mpx, format_number, RowError};
 use crate::exif::{orientation_from_tiff, orientation_from_xmp, within_limit};
+use crate::formats::Opened;
 use crate::geometry::{self, Mapping, Plan, Rect};
 use crate::orient::Orientation;
 use crate::sniff::{first_bytes_hex, sniff, Sniffed};
@@ -380,6 +381,30 @@ fn run(
                 width: header.width,
             };
             (header.width, header.height, whole, channels, orient, plan)
+        }
+        format @ (Sniffed::WebP | Sniffed::Gif | Sniffed::Bmp | Sniffed::Tiff) => {
+            let opened = Opened::open(format, data).ok_or_else(|| {
+                RowError::Internal(format!("{format:?} has no whole-image decoder"))
+            })??;
+            let (width, height) = opened.size();
+            progress.dims = Some((height, width));
+            check_limits(width, height, ctx.config)?;
+            let raw = || opened.orientation(ctx.config.max_metadata_bytes);
+            let orient = if opened.orientation_is_layout() {
+                raw()?.map_or(Orientation::Normal, Orientation::from_exif)
+            } else {
+                orientation(ctx.spec, raw)?
+            };
+            progress.dims = Some(orient.oriented_size(height, width));
+            let plan = checked_plan(ctx, orient.oriented_size(height, width), key)?;
+            let channels = opened.decode(data, &mut s.decoded)?;
+            let whole = Rect {
+                top: 0,
+                left: 0,
+                height,
+                width,
+            };
+            (width, height, whole, channels, orient, plan)
         }
         Sniffed::Unsupported(name) => return Err(RowError::UnsupportedFormat(name)),
         Sniffed::Unknown => {

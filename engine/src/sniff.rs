@@ -1,8 +1,7 @@
 //! Image format detection from magic bytes.
 //!
 //! Only the bytes decide: a file name or content type is never consulted, so
-//! a PNG named `.jpg` decodes as PNG and a GIF named `.jpg` is refused as
-//! GIF. Formats the engine cannot decode are still recognised so the row
+//! a PNG named `.jpg` decodes as PNG and a GIF named `.jpg` as GIF. Formats the engine cannot decode are still recognised so the row
 //! error can name them instead of calling them garbage.
 
 /// What the first bytes of an encoded image say it is.
@@ -12,6 +11,14 @@ pub(crate) enum Sniffed {
     Jpeg,
     /// The 8-byte PNG signature.
     Png,
+    /// `RIFF....WEBP`.
+    WebP,
+    /// `GIF87a` / `GIF89a`.
+    Gif,
+    /// `BM` with at least a file header.
+    Bmp,
+    /// `II*\0` / `MM\0*` (TIFF) or `II+\0` / `MM\0+` (BigTIFF).
+    Tiff,
     /// A format recognised but not decoded; the name is for the message.
     Unsupported(&'static str),
     /// Nothing known.
@@ -28,6 +35,19 @@ pub(crate) fn sniff(data: &[u8]) -> Sniffed {
     if data.starts_with(PNG_SIGNATURE) {
         return Sniffed::Png;
     }
+    let at = |offset: usize, magic: &[u8]| data.get(offset..offset + magic.len()) == Some(magic);
+    if at(0, b"RIFF") && at(8, b"WEBP") {
+        return Sniffed::WebP;
+    }
+    if at(0, b"GIF87a") || at(0, b"GIF89a") {
+        return Sniffed::Gif;
+    }
+    if at(0, b"II*\0") || at(0, b"MM\0*") || at(0, b"II+\0") || at(0, b"MM\0+") {
+        return Sniffed::Tiff;
+    }
+    if at(0, b"BM") && data.len() >= 14 {
+        return Sniffed::Bmp;
+    }
     if let Some(name) = unsupported_name(data) {
         return Sniffed::Unsupported(name);
     }
@@ -36,18 +56,6 @@ pub(crate) fn sniff(data: &[u8]) -> Sniffed {
 
 fn unsupported_name(d: &[u8]) -> Option<&'static str> {
     let at = |offset: usize, magic: &[u8]| d.get(offset..offset + magic.len()) == Some(magic);
-    if at(0, b"GIF87a") || at(0, b"GIF89a") {
-        return Some("GIF");
-    }
-    if at(0, b"RIFF") && at(8, b"WEBP") {
-        return Some("WebP");
-    }
-    if at(0, b"II*\0") || at(0, b"MM\0*") {
-        return Some("TIFF");
-    }
-    if at(0, b"II+\0") || at(0, b"MM\0+") {
-        return Some("BigTIFF");
-    }
     // JP2 signature box, or a raw JPEG 2000 codestream (SOC + SIZ markers).
     if at(0, b"\0\0\0\x0cjP  \r\n\x87\n") || at(0, &[0xFF, 0x4F, 0xFF, 0x51]) {
         return Some("JPEG 2000");
@@ -67,9 +75,6 @@ fn unsupported_name(d: &[u8]) -> Option<&'static str> {
     // ICO / CUR: reserved 0, type 1 or 2, then a non-zero image count.
     if (at(0, &[0, 0, 1, 0]) || at(0, &[0, 0, 2, 0])) && d.get(4..6).is_some_and(|n| n != [0, 0]) {
         return Some(if d[2] == 1 { "ICO" } else { "CUR" });
-    }
-    if at(0, b"BM") && d.len() >= 14 {
-        return Some("BMP");
     }
     // PNM: P1..P7 followed by whitespace.
     if d.len() >= 3 && d[0] == b'P' && (b'1'..=b'7').contains(&d[1]) && d[2].is_ascii_whitespace() {
@@ -116,20 +121,26 @@ mod tests {
         assert_eq!(sniff(&[0xFF, 0xD8]), Sniffed::Unknown);
         // A PNG signature cut short is not a PNG.
         assert_eq!(sniff(b"\x89PNG\r\n"), Sniffed::Unknown);
+        assert_eq!(sniff(b"RIFF\x10\0\0\0WEBPVP8 "), Sniffed::WebP);
+        assert_eq!(sniff(b"GIF89a\x01\0\x01\0"), Sniffed::Gif);
+        assert_eq!(sniff(b"GIF87a"), Sniffed::Gif);
+        assert_eq!(sniff(b"II*\0\x08\0\0\0"), Sniffed::Tiff);
+        assert_eq!(sniff(b"MM\0*\0\0\0\x08"), Sniffed::Tiff);
+        assert_eq!(sniff(b"II+\0\x08\0\0\0"), Sniffed::Tiff);
+        assert_eq!(
+            sniff(b"BM\x36\x00\x0c\x00\x00\x00\x00\x00\x36\x00\x00\x00"),
+            Sniffed::Bmp
+        );
+        // Two bytes of "BM" are not a bitmap (nor is a text starting "BM").
+        assert_eq!(sniff(b"BM"), Sniffed::Unknown);
     }
 
     #[test]
     fn recognised_but_unsupported() {
         let cases: &[(&[u8], &str)] = &[
-            (b"GIF89a\x01\0\x01\0", "GIF"),
-            (b"GIF87a", "GIF"),
-            (b"RIFF\x10\0\0\0WEBPVP8 ", "WebP"),
-            (b"II*\0\x08\0\0\0", "TIFF"),
-            (b"MM\0*\0\0\0\x08", "TIFF"),
             (b"\0\0\0\x0cjP  \r\n\x87\n\0\0", "JPEG 2000"),
             (&[0xFF, 0x4F, 0xFF, 0x51, 0, 0x2F], "JPEG 2000"),
             (&[0, 0, 1, 0, 1, 0, 32, 32], "ICO"),
-            (b"BM\x36\x00\x0c\x00\x00\x00\x00\x00\x36\x00\x00\x00", "BMP"),
             (b"P6\n200 133\n255\n", "PNM"),
             (b"P1 4 4", "PNM"),
             (b"\0\0\0\x1cftypavif", "AVIF"),

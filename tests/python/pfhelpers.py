@@ -41,7 +41,9 @@ SPECS: Dict[str, Dict[str, Any]] = {
 }
 
 #: Largest mean |diff| (0–255 scale) accepted per image, by format.
-TOLERANCE = {"JPEG": 1.0, "PNG": 0.5}
+#: Lossy formats 1.0, lossless ones 0.5 (issue #15); a lossless WebP or a
+#: JPEG-compressed TIFF passes its own tolerance explicitly.
+TOLERANCE = {"JPEG": 1.0, "PNG": 0.5, "WebP": 1.0, "GIF": 0.5, "BMP": 0.5, "TIFF": 0.5}
 
 PIL_FILTERS = {
     "nearest": Image.NEAREST,
@@ -79,21 +81,31 @@ def corpus_path() -> Optional[Path]:
 
 
 def sniff(data: bytes) -> Optional[str]:
-    """``"JPEG"`` / ``"PNG"`` by magic bytes, ``None`` for anything else."""
+    """The format the server decodes ``data`` as, by magic bytes (``"JPEG"``,
+    ``"PNG"``, ``"WebP"``, ``"GIF"``, ``"BMP"``, ``"TIFF"``), ``None`` for
+    anything else. Needs the first 12 bytes."""
     if data[:3] == b"\xff\xd8\xff":
         return "JPEG"
     if data[:8] == b"\x89PNG\r\n\x1a\n":
         return "PNG"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if data[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
+        return "TIFF"
+    if data[:2] == b"BM" and len(data) >= 14:
+        return "BMP"
     return None
 
 
 def image_files(folder: Path) -> List[Path]:
-    """Every JPEG/PNG file in ``folder`` (by magic bytes, not extension), sorted."""
+    """Every file in ``folder`` the server decodes (by magic bytes, not extension), sorted."""
     out = []
     for p in sorted(folder.iterdir()):
         if p.is_file():
             with open(p, "rb") as f:
-                if sniff(f.read(8)):
+                if sniff(f.read(14)):
                     out.append(p)
     return out
 

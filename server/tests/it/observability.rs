@@ -45,7 +45,7 @@ async fn metrics_count_images_bytes_errors_and_calls() {
     let good = bundled_images();
     let mut images = good.clone();
     images.push(Vec::new()); // empty
-    images.push(b"GIF89a\x01\x00\x01\x00".to_vec()); // unsupported format
+    images.push(b"\0\0\0\x0cjP  \r\n\x87\n\0\0".to_vec()); // unsupported format (JPEG 2000)
     images.push(b"<!DOCTYPE html>".to_vec()); // unknown format
     let batches = client.preprocess(&images, SMALL, 4).await.unwrap();
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
