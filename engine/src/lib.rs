@@ -21,9 +21,9 @@
 //! `Image.open → ImageOps.exif_transpose → convert('RGB'|'L') → resize →
 //! center_crop → ToTensor → Normalize`):
 //!
-//! 1. `sniff`: the format comes from magic bytes only. JPEG and PNG are
-//!    decoded; GIF, WebP, TIFF, BMP, JPEG 2000, ICO, PNM and a few more are
-//!    named in an `unsupported format: ...` error.
+//! 1. `sniff`: the format comes from magic bytes only. JPEG, PNG, WebP,
+//!    GIF, BMP and TIFF are decoded; JPEG 2000, JPEG XL, AVIF, HEIF, ICO,
+//!    PNM and a few more are named in an `unsupported format: ...` error.
 //! 2. `jpeg` / `png`: our own bounds-checked header walk finds the size
 //!    and orientation metadata, the limits are checked, and a cleaned stream
 //!    (pixel-defining segments/chunks only) goes to zune-jpeg / zune-png in
@@ -31,7 +31,10 @@
 //!    `spec.draft` a JPEG that the resize shrinks 2× or more goes to
 //!    `jpeg_draft` instead: libjpeg-turbo decodes it at 1/2, 1/4 or 1/8
 //!    scale (feature `turbojpeg`), and the plan is made again for the
-//!    drafted size.
+//!    drafted size. WebP, GIF, BMP and TIFF (`formats`: `webp`, `gif`,
+//!    `bmp`, `tiff`) get the same order (a header walk of our own or the
+//!    crate's IFD read, the limits, then the image-rs decoder) and are
+//!    decoded whole at full size.
 //! 3. `exif` + `orient`: EXIF Orientation (IFD0 only), else XMP
 //!    `tiff:Orientation`, applied as `exif_transpose` does when
 //!    `spec.exif_orientation`. `height`/`width` report the oriented size.

@@ -16,7 +16,7 @@
 //! ColorMap entries keep their high byte (Pillow's `b // 256`); CMYK is
 //! converted with Pillow's `cmyk2rgb`; YCbCr with libjpeg's fixed-point
 //! JFIF formulas; alpha is dropped. Orientation: the Orientation tag of
-//! the first IFD, as Pillow's `exif_transpose` reads it.
+//! the first IFD, which Pillow's TIFF loader applies on load.
 
 use std::borrow::Cow;
 use std::io::Cursor;
@@ -27,7 +27,6 @@ use tiff::{ColorType, TiffError, TiffFormatError};
 
 use crate::color;
 use crate::error::RowError;
-use crate::exif::orientation_from_tiff;
 
 const FORMAT: &str = "TIFF";
 
@@ -39,7 +38,8 @@ pub(crate) struct TiffPage<'a> {
     decoder: Decoder<Cursor<Cow<'a, [u8]>>>,
     /// Palette images: bits per index (the decoder reads them as gray).
     palette_bits: Option<u8>,
-    data: &'a [u8],
+    /// The first IFD's Orientation tag (classic TIFF and BigTIFF alike).
+    orientation: Option<u16>,
     /// Width in pixels.
     pub width: u32,
     /// Height in pixels.
@@ -47,9 +47,9 @@ pub(crate) struct TiffPage<'a> {
 }
 
 impl TiffPage<'_> {
-    /// The raw Orientation tag of the first IFD, if present.
+    /// The raw Orientation tag of the first IFD, if present and readable.
     pub(crate) fn orientation(&self) -> Option<u16> {
-        orientation_from_tiff(self.data)
+        self.orientation
     }
 }
 
@@ -103,6 +103,11 @@ pub(crate) fn open(data: &[u8]) -> Result<TiffPage<'_>, RowError> {
             "image size {width}x{height} has a zero side"
         )));
     }
+    // A damaged Orientation entry is ignored, as Pillow ignores it.
+    let orientation = decoder
+        .find_tag_unsigned::<u16>(Tag::Orientation)
+        .ok()
+        .flatten();
     let mut palette_bits = None;
     if decoder
         .find_tag_unsigned::<u16>(Tag::PhotometricInterpretation)
@@ -130,7 +135,7 @@ pub(crate) fn open(data: &[u8]) -> Result<TiffPage<'_>, RowError> {
     Ok(TiffPage {
         decoder,
         palette_bits,
-        data,
+        orientation,
         width,
         height,
     })

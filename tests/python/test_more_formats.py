@@ -148,13 +148,15 @@ def _bmp16(mode565: bool) -> bytes:
     return _bmp(16, rows, arr.shape[1], arr.shape[0], compression=3 if mode565 else 0, masks=masks)
 
 
-def _bmp_rle8() -> bytes:
-    """8-bit RLE BMP: runs of equal indices, end-of-line and end-of-bitmap codes."""
-    img = _photo().quantize(256)
+def _bmp_rle(bits: int) -> bytes:
+    """RLE8 (``bits`` 8) or RLE4 (4) BMP: encoded runs of equal indices,
+    end-of-line and end-of-bitmap codes."""
+    colours = 1 << bits
+    img = _photo().quantize(colours)
     idx = np.asarray(img)
-    pal = img.getpalette()[: 256 * 3]
-    pal += [0] * (256 * 3 - len(pal))
-    palette = b"".join(bytes([pal[i * 3 + 2], pal[i * 3 + 1], pal[i * 3], 0]) for i in range(256))
+    pal = img.getpalette()[: colours * 3]
+    pal += [0] * (colours * 3 - len(pal))
+    palette = b"".join(bytes([pal[i * 3 + 2], pal[i * 3 + 1], pal[i * 3], 0]) for i in range(colours))
     data = bytearray()
     for y in range(idx.shape[0] - 1, -1, -1):
         row = idx[y]
@@ -163,11 +165,12 @@ def _bmp_rle8() -> bytes:
             n = 1
             while x + n < len(row) and n < 255 and row[x + n] == row[x]:
                 n += 1
-            data += bytes([n, int(row[x])])
+            v = int(row[x])
+            data += bytes([n, v if bits == 8 else v << 4 | v])
             x += n
         data += b"\0\0"
     data += b"\0\1"
-    return _bmp(8, bytes(data), idx.shape[1], idx.shape[0], palette=palette, compression=1)
+    return _bmp(bits, bytes(data), idx.shape[1], idx.shape[0], palette=palette, compression=1 if bits == 8 else 2)
 
 
 def _bmp24_top_down() -> bytes:
@@ -187,7 +190,8 @@ BMP: Dict[str, Tuple[Callable[[], bytes], float]] = {
     "bilevel1": (lambda: _save(_photo().convert("1"), "BMP"), 0.5),
     "rgb16_555": (lambda: _bmp16(False), 0.5),
     "rgb16_565_bitfields": (lambda: _bmp16(True), 0.5),
-    "rle8": (_bmp_rle8, 0.5),
+    "rle8": (lambda: _bmp_rle(8), 0.5),
+    "rle4": (lambda: _bmp_rle(4), 0.5),
 }
 
 # --- TIFF -------------------------------------------------------------------
@@ -265,6 +269,7 @@ def test_variants_are_what_they_claim():
     assert interlaced[_gif_descriptor(interlaced) + 9] & 0x40, "interlace flag not set"
     assert Image.open(io.BytesIO(BMP["palette16"][0]())).mode == "P"
     assert Image.open(io.BytesIO(BMP["rle8"][0]())).info.get("compression") == 1
+    assert Image.open(io.BytesIO(BMP["rle4"][0]())).info.get("compression") == 2
     assert Image.open(io.BytesIO(BMP["rgb16_565_bitfields"][0]())).info.get("compression") == 3
     tiled = Image.open(io.BytesIO(TIFF["tiled_deflate"][0]()))
     assert 322 in tiled.tag_v2 and tiled.info["compression"] in ("tiff_adobe_deflate", "tiff_deflate")
@@ -275,14 +280,17 @@ def test_variants_are_what_they_claim():
 
 
 def _oriented(fmt: str, k: int) -> bytes:
-    """The photo with orientation ``k`` (1: none) in WebP's EXIF chunk or TIFF's tag."""
+    """The photo with orientation ``k`` (1: none) in WebP's EXIF chunk or the
+    TIFF (or BigTIFF) Orientation tag."""
     if fmt == "webp":
         return _save(_photo(), "WEBP", quality=90, exif=_exif(k))
+    if fmt == "bigtiff":
+        return _tifffile(np.asarray(_photo()), photometric="rgb", bigtiff=True, extratags=[(0x0112, "H", 1, k, True)])
     return _save(_photo(), "TIFF", tiffinfo={0x0112: k})
 
 
 @pytest.mark.parametrize("k", [2, 3, 5, 6, 8])
-@pytest.mark.parametrize("fmt", ["webp", "tiff"])
+@pytest.mark.parametrize("fmt", ["webp", "tiff", "bigtiff"])
 def test_orientation_like_pillow(client, fmt, k):
     """WebP's EXIF chunk and TIFF's Orientation tag rotate as Pillow does,
     and really rotate: the output is far from the unrotated photo's."""
@@ -303,6 +311,20 @@ def test_orientation_off(client):
     assert (height, width) == (120, 160)
     _, _, height, width = check_against_pillow(client, "tiff/orientation_6_off", _oriented("tiff", 6), spec, "more_formats")
     assert (height, width) == (160, 120)
+
+
+def test_undecoded_variants_are_named(client):
+    """Valid variants no decoder here implements are error rows naming them."""
+    photo = _photo()
+    cases = {
+        "tiff_group3": (_save(photo.convert("1"), "TIFF", compression="group3"), "unsupported TIFF: compression method Fax3"),
+        "tiff_float32": (_tifffile(np.asarray(photo.convert("L"), np.float32)), "unsupported TIFF: colour type Gray(32)"),
+        "tiff_lab": (_save(photo.convert("LAB"), "TIFF"), "unsupported TIFF"),
+    }
+    rows = run_named(client, [(n, d) for n, (d, _) in cases.items()], UINT8_HWC)
+    for name, (_, words) in cases.items():
+        error = rows[name][3]
+        assert error is not None and words in error, f"{name}: {error!r}"
 
 
 def _hostile() -> List[Tuple[str, bytes, str]]:

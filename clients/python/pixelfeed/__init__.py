@@ -1,4 +1,4 @@
-"""pixelfeed: turn encoded images (JPEG/PNG bytes) into tensors on a pixelfeed server.
+"""pixelfeed: turn encoded images (JPEG, PNG, WebP, GIF, BMP, TIFF) into tensors on a pixelfeed server.
 
 Quick use::
 
