@@ -578,9 +578,14 @@ def build(bin_dir: Optional[Path], no_build: bool) -> Dict[str, Path]:
     return bins
 
 
+#: Files a set folder contributes (any format the engine decodes; the same
+#: list as engine/examples/engine_bench.rs).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+
+
 def load_set(corpus: Path, name: str) -> Tuple[Path, List[bytes]]:
     folder = corpus / name
-    files = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    files = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         die(f"no images in {folder}")
     return folder, [p.read_bytes() for p in files]

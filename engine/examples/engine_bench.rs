@@ -1,7 +1,7 @@
 //! In-process engine benchmark, driven by `bench/run.py` (also handy under
 //! `perf record`).
 //!
-//! Reads every `.jpg`/`.jpeg`/`.png` in a folder into memory, cycles them
+//! Reads every image file (`.jpg`/`.jpeg`/`.png`/`.webp`/`.gif`/`.bmp`/`.tif`/`.tiff`) in a folder into memory, cycles them
 //! into record batches of `--batch` rows, and runs
 //! [`pixelfeed_engine::process_batch`] over those batches back to
 //! back (rows in parallel on a rayon pool of `--threads` threads, output in
@@ -27,6 +27,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The file names read from `--dir`, by extension.
+const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"];
 
 use arrow_array::{Array, BinaryArray, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
@@ -94,12 +97,16 @@ fn read_images(dir: &Path) -> Result<Vec<Vec<u8>>, String> {
         .filter(|p| {
             p.extension()
                 .and_then(|x| x.to_str())
-                .is_some_and(|x| matches!(x.to_ascii_lowercase().as_str(), "jpg" | "jpeg" | "png"))
+                .is_some_and(|x| IMAGE_EXTENSIONS.contains(&x.to_ascii_lowercase().as_str()))
         })
         .collect();
     paths.sort();
     if paths.is_empty() {
-        return Err(format!("{}: no .jpg/.jpeg/.png files", dir.display()));
+        return Err(format!(
+            "{}: no image files (.{})",
+            dir.display(),
+            IMAGE_EXTENSIONS.join(", .")
+        ));
     }
     paths
         .iter()

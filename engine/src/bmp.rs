@@ -28,13 +28,6 @@ pub(crate) struct BmpHeader {
     pub height: u32,
 }
 
-fn corrupt(detail: impl Into<String>) -> RowError {
-    RowError::Corrupt {
-        format: FORMAT,
-        detail: detail.into(),
-    }
-}
-
 /// Reads width and height from the file header + info header (`data`
 /// starts with `BM`).
 pub(crate) fn parse_header(data: &[u8]) -> Result<BmpHeader, RowError> {
@@ -46,10 +39,7 @@ pub(crate) fn parse_header(data: &[u8]) -> Result<BmpHeader, RowError> {
         data.get(at..at + 2)
             .map(|b| u16::from_le_bytes(b.try_into().expect("2")))
     };
-    let cut = || RowError::Truncated {
-        format: FORMAT,
-        detail: "data ends inside the headers".into(),
-    };
+    let cut = || RowError::truncated(FORMAT, "data ends inside the headers");
     let info_size = u32_at(14).ok_or_else(cut)?;
     let (width, height) = match info_size {
         // OS/2 1.x BITMAPCOREHEADER: 16-bit unsigned sizes.
@@ -61,21 +51,22 @@ pub(crate) fn parse_header(data: &[u8]) -> Result<BmpHeader, RowError> {
             let w = u32_at(18).ok_or_else(cut)? as i32;
             let h = u32_at(22).ok_or_else(cut)? as i32;
             if w < 0 {
-                return Err(corrupt(format!("negative width {w}")));
+                return Err(RowError::corrupt(FORMAT, format!("negative width {w}")));
             }
             (w.unsigned_abs(), h.unsigned_abs())
         }
         other => {
-            return Err(RowError::UnsupportedVariant {
-                format: FORMAT,
-                detail: format!("info header of {other} bytes"),
-            })
+            return Err(RowError::unsupported(
+                FORMAT,
+                format!("info header of {other} bytes"),
+            ))
         }
     };
     if width == 0 || height == 0 {
-        return Err(corrupt(format!(
-            "image size {width}x{height} has a zero side"
-        )));
+        return Err(RowError::corrupt(
+            FORMAT,
+            format!("image size {width}x{height} has a zero side"),
+        ));
     }
     Ok(BmpHeader { width, height })
 }
@@ -99,10 +90,10 @@ pub(crate) fn decode(
         ColorType::Rgb8 => 3,
         ColorType::Rgba8 => 4,
         other => {
-            return Err(RowError::UnsupportedVariant {
-                format: FORMAT,
-                detail: format!("colour type {other:?}"),
-            })
+            return Err(RowError::unsupported(
+                FORMAT,
+                format!("colour type {other:?}"),
+            ))
         }
     };
     let pixels = header.width as usize * header.height as usize;
@@ -127,20 +118,11 @@ pub(crate) fn decode(
 fn error(e: ImageError) -> RowError {
     match e {
         ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-            RowError::Truncated {
-                format: FORMAT,
-                detail: "pixel data ends early".into(),
-            }
+            RowError::truncated(FORMAT, "pixel data ends early")
         }
-        ImageError::Unsupported(u) => RowError::UnsupportedVariant {
-            format: FORMAT,
-            detail: u.to_string(),
-        },
-        ImageError::Limits(l) => RowError::DecodeFailed {
-            format: FORMAT,
-            detail: l.to_string(),
-        },
-        other => corrupt(other.to_string()),
+        ImageError::Unsupported(u) => RowError::unsupported(FORMAT, u.to_string()),
+        ImageError::Limits(l) => RowError::decode_failed(FORMAT, l.to_string()),
+        other => RowError::corrupt(FORMAT, other.to_string()),
     }
 }
 

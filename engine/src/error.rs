@@ -149,6 +149,38 @@ pub(crate) enum RowError {
 }
 
 impl RowError {
+    /// [`RowError::Corrupt`] for `format`.
+    pub(crate) fn corrupt(format: &'static str, detail: impl Into<String>) -> Self {
+        Self::Corrupt {
+            format,
+            detail: detail.into(),
+        }
+    }
+
+    /// [`RowError::Truncated`] for `format`.
+    pub(crate) fn truncated(format: &'static str, detail: impl Into<String>) -> Self {
+        Self::Truncated {
+            format,
+            detail: detail.into(),
+        }
+    }
+
+    /// [`RowError::UnsupportedVariant`] for `format`.
+    pub(crate) fn unsupported(format: &'static str, detail: impl Into<String>) -> Self {
+        Self::UnsupportedVariant {
+            format,
+            detail: detail.into(),
+        }
+    }
+
+    /// [`RowError::DecodeFailed`] for `format`.
+    pub(crate) fn decode_failed(format: &'static str, detail: impl Into<String>) -> Self {
+        Self::DecodeFailed {
+            format,
+            detail: detail.into(),
+        }
+    }
+
     /// The stable kind of this error (the metrics label).
     pub(crate) fn kind(&self) -> RowErrorKind {
         match self {

@@ -93,6 +93,26 @@ pub(crate) fn orientation_from_tiff(tiff: &[u8]) -> Option<u16> {
     None
 }
 
+/// The raw orientation by Pillow's precedence from an EXIF blob (TIFF
+/// header first, `Exif\0\0` allowed) and an XMP packet, either absent:
+/// the EXIF Orientation tag, else XMP `tiff:Orientation`. A blob that is
+/// read and is over `limit` bytes is the row's error.
+pub(crate) fn orientation_from_metadata(
+    exif: Option<&[u8]>,
+    xmp: Option<&[u8]>,
+    limit: usize,
+) -> Result<Option<u16>, RowError> {
+    if let Some(tiff) = exif {
+        if let Some(value) = orientation_from_tiff(within_limit("EXIF", tiff, limit)?) {
+            return Ok(Some(value));
+        }
+    }
+    match xmp {
+        Some(xmp) => Ok(orientation_from_xmp(within_limit("XMP", xmp, limit)?)),
+        None => Ok(None),
+    }
+}
+
 /// `tiff:Orientation` from an XMP packet, as Pillow's regex
 /// `tiff:Orientation(="|>)([0-9])` finds it: the first occurrence followed
 /// by `="` or `>` and a digit.

@@ -32,19 +32,12 @@ pub(crate) struct GifHeader {
 fn error(e: DecodingError) -> RowError {
     match e {
         DecodingError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-            RowError::Truncated {
-                format: FORMAT,
-                detail: "data ends early".into(),
-            }
+            RowError::truncated(FORMAT, "data ends early")
         }
-        DecodingError::Io(io) => RowError::Truncated {
-            format: FORMAT,
-            detail: io.to_string(),
-        },
-        DecodingError::MemoryLimit | DecodingError::OutOfMemory => RowError::DecodeFailed {
-            format: FORMAT,
-            detail: e.to_string(),
-        },
+        DecodingError::Io(io) => RowError::truncated(FORMAT, io.to_string()),
+        DecodingError::MemoryLimit | DecodingError::OutOfMemory => {
+            RowError::decode_failed(FORMAT, e.to_string())
+        }
         // The crate reports a file that stops early as a format error.
         other
             if other
@@ -52,15 +45,9 @@ fn error(e: DecodingError) -> RowError {
                 .to_ascii_lowercase()
                 .contains("end of file") =>
         {
-            RowError::Truncated {
-                format: FORMAT,
-                detail: "data ends early".into(),
-            }
+            RowError::truncated(FORMAT, "data ends early")
         }
-        other => RowError::Corrupt {
-            format: FORMAT,
-            detail: other.to_string(),
-        },
+        other => RowError::corrupt(FORMAT, other.to_string()),
     }
 }
 
@@ -79,10 +66,7 @@ fn options(limit: u64) -> DecodeOptions {
 /// structure (no decoder, no allocation): a file that stops right after a
 /// huge frame's descriptor (Pillow's own GIF bomb) still has its size.
 pub(crate) fn parse_header(data: &[u8]) -> Result<GifHeader, RowError> {
-    let cut = |what: &str| RowError::Truncated {
-        format: FORMAT,
-        detail: format!("data ends inside {what}"),
-    };
+    let cut = |what: &str| RowError::truncated(FORMAT, format!("data ends inside {what}"));
     let u16_at = |at: usize| {
         data.get(at..at + 2)
             .map(|b| u16::from_le_bytes([b[0], b[1]]))
@@ -114,24 +98,19 @@ pub(crate) fn parse_header(data: &[u8]) -> Result<GifHeader, RowError> {
                 let width = screen_w.max(u32::from(left) + u32::from(w));
                 let height = screen_h.max(u32::from(top) + u32::from(h));
                 if width == 0 || height == 0 {
-                    return Err(RowError::Corrupt {
-                        format: FORMAT,
-                        detail: format!("image size {width}x{height} has a zero side"),
-                    });
+                    return Err(RowError::corrupt(
+                        FORMAT,
+                        format!("image size {width}x{height} has a zero side"),
+                    ));
                 }
                 return Ok(GifHeader { width, height });
             }
-            Some(0x3B) => {
-                return Err(RowError::Corrupt {
-                    format: FORMAT,
-                    detail: "no image in the file".into(),
-                })
-            }
+            Some(0x3B) => return Err(RowError::corrupt(FORMAT, "no image in the file")),
             Some(other) => {
-                return Err(RowError::Corrupt {
-                    format: FORMAT,
-                    detail: format!("unknown block 0x{other:02x}"),
-                })
+                return Err(RowError::corrupt(
+                    FORMAT,
+                    format!("unknown block 0x{other:02x}"),
+                ))
             }
             None => return Err(cut("the blocks before the first image")),
         }

@@ -22,7 +22,7 @@ use fast_image_resize::Resizer;
 use pixelfeed_schema::{Color, Filter, TransformSpec};
 
 use crate::error::{format_mpx, format_number, RowError};
-use crate::exif::{orientation_from_tiff, orientation_from_xmp, within_limit};
+use crate::exif::orientation_from_metadata;
 use crate::formats::Opened;
 use crate::geometry::{self, Mapping, Plan, Rect};
 use crate::orient::Orientation;
@@ -296,15 +296,7 @@ fn run(
             let header = jpeg::parse_header(data, &mut s.encoded)?;
             let limit = ctx.config.max_metadata_bytes;
             let orient = orientation(ctx.spec, || {
-                if let Some(tiff) = header.exif {
-                    if let Some(value) = orientation_from_tiff(within_limit("EXIF", tiff, limit)?) {
-                        return Ok(Some(value));
-                    }
-                }
-                match header.xmp {
-                    Some(xmp) => Ok(orientation_from_xmp(within_limit("XMP", xmp, limit)?)),
-                    None => Ok(None),
-                }
+                orientation_from_metadata(header.exif, header.xmp, limit)
             })?;
             progress.dims = Some(orient.oriented_size(header.height, header.width));
             check_limits(header.width, header.height, ctx.config)?;

@@ -15,7 +15,7 @@ pub(crate) enum Sniffed {
     WebP,
     /// `GIF87a` / `GIF89a`.
     Gif,
-    /// `BM` with at least a file header.
+    /// `BM`, a file header, and a known info-header size.
     Bmp,
     /// `II*\0` / `MM\0*` (TIFF) or `II+\0` / `MM\0+` (BigTIFF).
     Tiff,
@@ -45,7 +45,12 @@ pub(crate) fn sniff(data: &[u8]) -> Sniffed {
     if at(0, b"II*\0") || at(0, b"MM\0*") || at(0, b"II+\0") || at(0, b"MM\0+") {
         return Sniffed::Tiff;
     }
-    if at(0, b"BM") && data.len() >= 14 {
+    // "BM" alone is two letters of text; a known info-header size after
+    // the 14-byte file header makes it a bitmap.
+    let info_size = data
+        .get(14..18)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    if at(0, b"BM") && matches!(info_size, Some(12 | 16 | 40 | 52 | 56 | 64 | 108 | 124)) {
         return Sniffed::Bmp;
     }
     if let Some(name) = unsupported_name(data) {
@@ -128,11 +133,12 @@ mod tests {
         assert_eq!(sniff(b"MM\0*\0\0\0\x08"), Sniffed::Tiff);
         assert_eq!(sniff(b"II+\0\x08\0\0\0"), Sniffed::Tiff);
         assert_eq!(
-            sniff(b"BM\x36\x00\x0c\x00\x00\x00\x00\x00\x36\x00\x00\x00"),
+            sniff(b"BM\x36\x00\x0c\x00\x00\x00\x00\x00\x36\x00\x00\x00\x28\0\0\0"),
             Sniffed::Bmp
         );
-        // Two bytes of "BM" are not a bitmap (nor is a text starting "BM").
+        // "BM" is not a bitmap, nor is a text that starts with it.
         assert_eq!(sniff(b"BM"), Sniffed::Unknown);
+        assert_eq!(sniff(b"BMW 3 series, 2019, 40000 km"), Sniffed::Unknown);
     }
 
     #[test]

@@ -53,38 +53,21 @@ impl TiffPage<'_> {
     }
 }
 
-fn corrupt(detail: impl Into<String>) -> RowError {
-    RowError::Corrupt {
-        format: FORMAT,
-        detail: detail.into(),
-    }
-}
-
-fn unsupported(detail: impl Into<String>) -> RowError {
-    RowError::UnsupportedVariant {
-        format: FORMAT,
-        detail: detail.into(),
-    }
-}
-
 fn error(e: TiffError) -> RowError {
     match e {
         TiffError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-            RowError::Truncated {
-                format: FORMAT,
-                detail: "data ends early".into(),
-            }
+            RowError::truncated(FORMAT, "data ends early")
         }
         TiffError::FormatError(TiffFormatError::InconsistentSizesEncountered) => {
-            corrupt("strip or tile sizes disagree with the image")
+            RowError::corrupt(FORMAT, "strip or tile sizes disagree with the image")
         }
-        TiffError::FormatError(f) => corrupt(f.to_string()),
-        TiffError::UnsupportedError(u) => unsupported(u.to_string()),
-        TiffError::LimitsExceeded => RowError::DecodeFailed {
-            format: FORMAT,
-            detail: "a strip, tile or tag needs more memory than the image itself".into(),
-        },
-        other => corrupt(other.to_string()),
+        TiffError::FormatError(f) => RowError::corrupt(FORMAT, f.to_string()),
+        TiffError::UnsupportedError(u) => RowError::unsupported(FORMAT, u.to_string()),
+        TiffError::LimitsExceeded => RowError::decode_failed(
+            FORMAT,
+            "a strip, tile or tag needs more memory than the image itself",
+        ),
+        other => RowError::corrupt(FORMAT, other.to_string()),
     }
 }
 
@@ -99,9 +82,10 @@ pub(crate) fn open(data: &[u8]) -> Result<TiffPage<'_>, RowError> {
     let mut decoder = Decoder::new(Cursor::new(Cow::Borrowed(data))).map_err(error)?;
     let (width, height) = decoder.dimensions().map_err(error)?;
     if width == 0 || height == 0 {
-        return Err(corrupt(format!(
-            "image size {width}x{height} has a zero side"
-        )));
+        return Err(RowError::corrupt(
+            FORMAT,
+            format!("image size {width}x{height} has a zero side"),
+        ));
     }
     // A damaged Orientation entry is ignored, as Pillow ignores it.
     let orientation = decoder
@@ -114,8 +98,9 @@ pub(crate) fn open(data: &[u8]) -> Result<TiffPage<'_>, RowError> {
         .map_err(error)?
         == Some(PHOTOMETRIC_PALETTE)
     {
-        let at = photometric_value_offset(data)
-            .ok_or_else(|| corrupt("PhotometricInterpretation is not an inline SHORT"))?;
+        let at = photometric_value_offset(data).ok_or_else(|| {
+            RowError::corrupt(FORMAT, "PhotometricInterpretation is not an inline SHORT")
+        })?;
         let mut copy = data.to_vec();
         let gray = if data[0] == b'M' {
             PHOTOMETRIC_BLACK_IS_ZERO.to_be_bytes()
@@ -126,7 +111,12 @@ pub(crate) fn open(data: &[u8]) -> Result<TiffPage<'_>, RowError> {
         decoder = Decoder::new(Cursor::new(Cow::Owned(copy))).map_err(error)?;
         match decoder.colortype().map_err(error)? {
             ColorType::Gray(bits @ (1 | 2 | 4 | 8)) => palette_bits = Some(bits),
-            other => return Err(unsupported(format!("palette image with samples {other:?}"))),
+            other => {
+                return Err(RowError::unsupported(
+                    FORMAT,
+                    format!("palette image with samples {other:?}"),
+                ))
+            }
         }
     } else {
         // Refuse what cannot be converted before anything is decoded.
@@ -188,7 +178,10 @@ fn output_channels(color: ColorType) -> Result<usize, RowError> {
         ColorType::Palette(1 | 2 | 4 | 8) => Ok(3),
         ColorType::CMYK(8) | ColorType::CMYKA(8) => Ok(3),
         ColorType::YCbCr(8) => Ok(3),
-        other => Err(unsupported(format!("colour type {other:?}"))),
+        other => Err(RowError::unsupported(
+            FORMAT,
+            format!("colour type {other:?}"),
+        )),
     }
 }
 
@@ -243,9 +236,10 @@ pub(crate) fn decode(page: TiffPage<'_>, dst: &mut Vec<u8>) -> Result<usize, Row
             convert(color, &high, out)?
         }
         (color, _) => {
-            return Err(unsupported(format!(
-                "sample format of colour type {color:?} (floating point or signed)"
-            )))
+            return Err(RowError::unsupported(
+                FORMAT,
+                format!("sample format of colour type {color:?} (floating point or signed)"),
+            ))
         }
     }
     Ok(channels)
@@ -266,14 +260,17 @@ fn color_map(
 ) -> Result<Box<[[u8; 3]; 256]>, RowError> {
     let map = decoder
         .get_tag_u16_vec(Tag::ColorMap)
-        .map_err(|_| corrupt("palette image without a readable ColorMap"))?;
+        .map_err(|_| RowError::corrupt(FORMAT, "palette image without a readable ColorMap"))?;
     let n = 1usize << bits;
     if map.len() != 3 * n {
-        return Err(corrupt(format!(
-            "ColorMap has {} entries, {} expected for {bits}-bit indices",
-            map.len(),
-            3 * n
-        )));
+        return Err(RowError::corrupt(
+            FORMAT,
+            format!(
+                "ColorMap has {} entries, {} expected for {bits}-bit indices",
+                map.len(),
+                3 * n
+            ),
+        ));
     }
     let mut lut = Box::new([[0u8; 3]; 256]);
     for (i, entry) in lut.iter_mut().take(n).enumerate() {
@@ -292,14 +289,14 @@ fn unpack(v: &[u8], w: usize, h: usize, bits: u8, out: &mut [u8]) -> Result<(), 
     if bits == 8 {
         out.copy_from_slice(
             v.get(..w * h)
-                .ok_or_else(|| corrupt("fewer samples than pixels"))?,
+                .ok_or_else(|| RowError::corrupt(FORMAT, "fewer samples than pixels"))?,
         );
         return Ok(());
     }
     let bits = usize::from(bits);
     let stride = (w * bits).div_ceil(8);
     if v.len() < stride * h {
-        return Err(corrupt("fewer samples than pixels"));
+        return Err(RowError::corrupt(FORMAT, "fewer samples than pixels"));
     }
     let mask = (1u16 << bits) - 1;
     for (row, line) in out.chunks_exact_mut(w).zip(v.chunks_exact(stride)) {
@@ -331,12 +328,17 @@ fn convert(color: ColorType, v: &[u8], out: &mut [u8]) -> Result<(), RowError> {
         ColorType::RGB(_) | ColorType::YCbCr(_) => 3,
         ColorType::RGBA(_) | ColorType::CMYK(_) => 4,
         ColorType::CMYKA(_) => 5,
-        other => return Err(unsupported(format!("colour type {other:?}"))),
+        other => {
+            return Err(RowError::unsupported(
+                FORMAT,
+                format!("colour type {other:?}"),
+            ))
+        }
     };
     let channels = if stride <= 2 { 1 } else { 3 };
     let pixels = out.len() / channels;
     if v.len() < pixels * stride {
-        return Err(corrupt("fewer samples than pixels"));
+        return Err(RowError::corrupt(FORMAT, "fewer samples than pixels"));
     }
     match color {
         ColorType::CMYK(_) | ColorType::CMYKA(_) => {

@@ -22,7 +22,7 @@ use std::io::Cursor;
 use image_webp::{DecodingError, WebPDecoder};
 
 use crate::error::RowError;
-use crate::exif::{orientation_from_tiff, orientation_from_xmp, within_limit};
+use crate::exif::orientation_from_metadata;
 
 const FORMAT: &str = "WebP";
 
@@ -41,29 +41,7 @@ impl WebpHeader<'_> {
     /// The raw orientation value by Pillow's precedence (EXIF, then XMP),
     /// reading no metadata chunk larger than `limit` bytes.
     pub(crate) fn orientation(&self, limit: usize) -> Result<Option<u16>, RowError> {
-        if let Some(exif) = self.exif {
-            if let Some(v) = orientation_from_tiff(within_limit("EXIF", exif, limit)?) {
-                return Ok(Some(v));
-            }
-        }
-        match self.xmp {
-            Some(xmp) => Ok(orientation_from_xmp(within_limit("XMP", xmp, limit)?)),
-            None => Ok(None),
-        }
-    }
-}
-
-fn corrupt(detail: impl Into<String>) -> RowError {
-    RowError::Corrupt {
-        format: FORMAT,
-        detail: detail.into(),
-    }
-}
-
-fn truncated(detail: impl Into<String>) -> RowError {
-    RowError::Truncated {
-        format: FORMAT,
-        detail: detail.into(),
+        orientation_from_metadata(self.exif, self.xmp, limit)
     }
 }
 
@@ -92,17 +70,23 @@ fn chunks(body: &[u8]) -> impl Iterator<Item = Result<Chunk<'_>, RowError>> {
         }
         let Some(head) = body.get(pos..pos + 8) else {
             failed = true;
-            return Some(Err(truncated("data ends inside a chunk header")));
+            return Some(Err(RowError::truncated(
+                FORMAT,
+                "data ends inside a chunk header",
+            )));
         };
         let fourcc: [u8; 4] = head[..4].try_into().expect("4 bytes");
         let len = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes")) as usize;
         let start = pos + 8;
         let Some(data) = start.checked_add(len).and_then(|end| body.get(start..end)) else {
             failed = true;
-            return Some(Err(truncated(format!(
-                "{} chunk of {len} bytes runs past the end of the data",
-                name(&fourcc)
-            ))));
+            return Some(Err(RowError::truncated(
+                FORMAT,
+                format!(
+                    "{} chunk of {len} bytes runs past the end of the data",
+                    name(&fourcc)
+                ),
+            )));
         };
         // Chunks are padded to an even size; a missing final pad byte is
         // tolerated (libwebp does too).
@@ -118,12 +102,15 @@ fn bitstream_size(chunk: &Chunk<'_>) -> Result<(u32, u32), RowError> {
             let d = chunk.data;
             let head = d
                 .get(..10)
-                .ok_or_else(|| truncated("VP8 frame header cut short"))?;
+                .ok_or_else(|| RowError::truncated(FORMAT, "VP8 frame header cut short"))?;
             if head[0] & 1 != 0 {
-                return Err(corrupt("VP8 bitstream does not start with a key frame"));
+                return Err(RowError::corrupt(
+                    FORMAT,
+                    "VP8 bitstream does not start with a key frame",
+                ));
             }
             if head[3..6] != [0x9d, 0x01, 0x2a] {
-                return Err(corrupt("VP8 start code missing"));
+                return Err(RowError::corrupt(FORMAT, "VP8 start code missing"));
             }
             let w = u32::from(u16::from_le_bytes([head[6], head[7]]) & 0x3FFF);
             let h = u32::from(u16::from_le_bytes([head[8], head[9]]) & 0x3FFF);
@@ -133,17 +120,20 @@ fn bitstream_size(chunk: &Chunk<'_>) -> Result<(u32, u32), RowError> {
             let d = chunk.data;
             let head = d
                 .get(..5)
-                .ok_or_else(|| truncated("VP8L header cut short"))?;
+                .ok_or_else(|| RowError::truncated(FORMAT, "VP8L header cut short"))?;
             if head[0] != 0x2f {
-                return Err(corrupt("VP8L signature byte is not 0x2f"));
+                return Err(RowError::corrupt(FORMAT, "VP8L signature byte is not 0x2f"));
             }
             let bits = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
             Ok(((bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1))
         }
-        other => Err(corrupt(format!(
-            "{} chunk where a VP8 or VP8L bitstream was expected",
-            name(other)
-        ))),
+        other => Err(RowError::corrupt(
+            FORMAT,
+            format!(
+                "{} chunk where a VP8 or VP8L bitstream was expected",
+                name(other)
+            ),
+        )),
     }
 }
 
@@ -160,7 +150,7 @@ fn frame_bitstream<'a>(
             _ => {}
         }
     }
-    Err(corrupt("no VP8 or VP8L bitstream"))
+    Err(RowError::corrupt(FORMAT, "no VP8 or VP8L bitstream"))
 }
 
 /// Walks the RIFF container (`data` starts with `RIFF....WEBP`). Reads
@@ -169,21 +159,25 @@ pub(crate) fn parse_header(data: &[u8]) -> Result<WebpHeader<'_>, RowError> {
     let riff_len = data
         .get(4..8)
         .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
-        .ok_or_else(|| truncated("data ends inside the RIFF header"))?;
+        .ok_or_else(|| RowError::truncated(FORMAT, "data ends inside the RIFF header"))?;
     if riff_len < 4 {
-        return Err(corrupt(format!("RIFF size {riff_len} is too small")));
+        return Err(RowError::corrupt(
+            FORMAT,
+            format!("RIFF size {riff_len} is too small"),
+        ));
     }
     // Bytes after the RIFF payload are ignored (as libwebp does); a payload
     // that claims more than there is is truncated.
     let body = data.get(12..8 + riff_len).ok_or_else(|| {
-        truncated(format!(
-            "RIFF payload of {riff_len} bytes runs past the data"
-        ))
+        RowError::truncated(
+            FORMAT,
+            format!("RIFF payload of {riff_len} bytes runs past the data"),
+        )
     })?;
     let mut all = chunks(body);
     let first = all
         .next()
-        .ok_or_else(|| truncated("no chunk after the WEBP signature"))??;
+        .ok_or_else(|| RowError::truncated(FORMAT, "no chunk after the WEBP signature"))??;
     match &first.fourcc {
         b"VP8 " | b"VP8L" => {
             let (width, height) = bitstream_size(&first)?;
@@ -199,7 +193,7 @@ pub(crate) fn parse_header(data: &[u8]) -> Result<WebpHeader<'_>, RowError> {
             let d = first
                 .data
                 .get(..10)
-                .ok_or_else(|| truncated("VP8X chunk cut short"))?;
+                .ok_or_else(|| RowError::truncated(FORMAT, "VP8X chunk cut short"))?;
             let animated = d[0] & 0x02 != 0;
             let width = u24(&d[4..7]) + 1;
             let height = u24(&d[7..10]) + 1;
@@ -223,13 +217,13 @@ pub(crate) fn parse_header(data: &[u8]) -> Result<WebpHeader<'_>, RowError> {
                         let f = chunk
                             .data
                             .get(..16)
-                            .ok_or_else(|| truncated("ANMF chunk cut short"))?;
+                            .ok_or_else(|| RowError::truncated(FORMAT, "ANMF chunk cut short"))?;
                         let (x, y) = (u24(&f[0..3]) * 2, u24(&f[3..6]) * 2);
                         let (w, h) = (u24(&f[6..9]) + 1, u24(&f[9..12]) + 1);
                         if u64::from(x) + u64::from(w) > u64::from(width)
                             || u64::from(y) + u64::from(h) > u64::from(height)
                         {
-                            return Err(corrupt(format!(
+                            return Err(RowError::corrupt(FORMAT, format!(
                                 "first frame {w}x{h} at ({x}, {y}) lies outside the {width}x{height} canvas"
                             )));
                         }
@@ -246,26 +240,30 @@ pub(crate) fn parse_header(data: &[u8]) -> Result<WebpHeader<'_>, RowError> {
                 }
             }
             if image.is_none() {
-                return Err(corrupt(if animated {
-                    "animation has no ANMF frame"
-                } else {
-                    "no VP8 or VP8L bitstream"
-                }));
+                return Err(RowError::corrupt(
+                    FORMAT,
+                    if animated {
+                        "animation has no ANMF frame"
+                    } else {
+                        "no VP8 or VP8L bitstream"
+                    },
+                ));
             }
             Ok(header)
         }
-        other => Err(corrupt(format!(
-            "first chunk is {}, not VP8, VP8L or VP8X",
-            name(other)
-        ))),
+        other => Err(RowError::corrupt(
+            FORMAT,
+            format!("first chunk is {}, not VP8, VP8L or VP8X", name(other)),
+        )),
     }
 }
 
 fn check_nonzero(width: u32, height: u32) -> Result<(), RowError> {
     if width == 0 || height == 0 {
-        return Err(corrupt(format!(
-            "image size {width}x{height} has a zero side"
-        )));
+        return Err(RowError::corrupt(
+            FORMAT,
+            format!("image size {width}x{height} has a zero side"),
+        ));
     }
     Ok(())
 }
@@ -273,10 +271,13 @@ fn check_nonzero(width: u32, height: u32) -> Result<(), RowError> {
 /// A bitstream must be exactly the size of the frame (or canvas) it fills.
 fn check_frame(bitstream: (u32, u32), frame: (u32, u32)) -> Result<(), RowError> {
     if bitstream != frame {
-        return Err(corrupt(format!(
-            "bitstream is {}x{} but its frame is {}x{}",
-            bitstream.0, bitstream.1, frame.0, frame.1
-        )));
+        return Err(RowError::corrupt(
+            FORMAT,
+            format!(
+                "bitstream is {}x{} but its frame is {}x{}",
+                bitstream.0, bitstream.1, frame.0, frame.1
+            ),
+        ));
     }
     Ok(())
 }
@@ -322,19 +323,13 @@ pub(crate) fn decode(
 fn decode_error(e: DecodingError) -> RowError {
     match e {
         DecodingError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-            truncated("bitstream ends early")
+            RowError::truncated(FORMAT, "bitstream ends early")
         }
-        DecodingError::UnsupportedFeature(f) => RowError::UnsupportedVariant {
-            format: FORMAT,
-            detail: f,
-        },
+        DecodingError::UnsupportedFeature(f) => RowError::unsupported(FORMAT, f),
         DecodingError::MemoryLimitExceeded | DecodingError::ImageTooLarge => {
-            RowError::DecodeFailed {
-                format: FORMAT,
-                detail: e.to_string(),
-            }
+            RowError::decode_failed(FORMAT, e.to_string())
         }
-        other => corrupt(other.to_string()),
+        other => RowError::corrupt(FORMAT, other.to_string()),
     }
 }
 

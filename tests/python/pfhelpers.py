@@ -83,7 +83,7 @@ def corpus_path() -> Optional[Path]:
 def sniff(data: bytes) -> Optional[str]:
     """The format the server decodes ``data`` as, by magic bytes (``"JPEG"``,
     ``"PNG"``, ``"WebP"``, ``"GIF"``, ``"BMP"``, ``"TIFF"``), ``None`` for
-    anything else. Needs the first 12 bytes."""
+    anything else. Needs the first 18 bytes."""
     if data[:3] == b"\xff\xd8\xff":
         return "JPEG"
     if data[:8] == b"\x89PNG\r\n\x1a\n":
@@ -94,7 +94,7 @@ def sniff(data: bytes) -> Optional[str]:
         return "GIF"
     if data[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
         return "TIFF"
-    if data[:2] == b"BM" and len(data) >= 14:
+    if data[:2] == b"BM" and len(data) >= 18 and int.from_bytes(data[14:18], "little") in (12, 16, 40, 52, 56, 64, 108, 124):
         return "BMP"
     return None
 
@@ -105,7 +105,7 @@ def image_files(folder: Path) -> List[Path]:
     for p in sorted(folder.iterdir()):
         if p.is_file():
             with open(p, "rb") as f:
-                if sniff(f.read(14)):
+                if sniff(f.read(18)):
                     out.append(p)
     return out
 
