@@ -1,7 +1,8 @@
 //! BMP: pixels from the `image` crate's BMP codec (image-rs, pure Rust;
 //! only that codec is built): 1/4/8-bit palette, 16-bit (5-5-5 and
 //! bitfields), 24 and 32-bit, RLE4/RLE8, bottom-up and top-down rows,
-//! OS/2 and Windows V1–V5 headers. (zune-bmp, the first candidate, decodes
+//! OS/1.x (12-byte) and Windows V1/V3–V5 headers (the OS/2 2.x 16- and
+//! 64-byte ones are error rows naming the header). (zune-bmp, the first candidate, decodes
 //! 16-bit rows with a wrong stride and fills a truncated file with zeros.)
 //!
 //! The size is read from the info header (fixed offsets) before the
@@ -77,6 +78,7 @@ pub(crate) fn decode(
     header: &BmpHeader,
     dst: &mut Vec<u8>,
 ) -> Result<usize, RowError> {
+    check_rle(data, header)?;
     let decoder = BmpDecoder::new(Cursor::new(data)).map_err(error)?;
     if decoder.dimensions() != (header.width, header.height) {
         return Err(RowError::Internal(format!(
@@ -113,6 +115,79 @@ pub(crate) fn decode(
         }
     }
     Ok(3)
+}
+
+/// Refuses an RLE file whose codes skip pixels (a delta, or a row or the
+/// bitmap ended early) when palette entry 0 is not black: Pillow paints
+/// skipped pixels with entry 0, the `image` crate with black, and a row
+/// that differs silently is worse than an error. Skips over a black entry 0
+/// decode the same either way.
+fn check_rle(data: &[u8], header: &BmpHeader) -> Result<(), RowError> {
+    let u32_at = |at: usize| {
+        data.get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let (Some(info_size), Some(compression)) = (u32_at(14), u32_at(30)) else {
+        return Ok(());
+    };
+    let four_bit = match compression {
+        1 => false,
+        2 => true,
+        _ => return Ok(()),
+    };
+    let palette = 14 + info_size as usize;
+    let entry0 = data.get(palette..palette + 3);
+    if entry0.is_none_or(|c| c == [0, 0, 0]) {
+        return Ok(());
+    }
+    let start = u32_at(10).unwrap_or(0) as usize;
+    let stream = data.get(start..).unwrap_or_default();
+    if rle_skips_pixels(
+        stream,
+        u64::from(header.width),
+        u64::from(header.height),
+        four_bit,
+    ) {
+        return Err(RowError::unsupported(
+            FORMAT,
+            "RLE that skips pixels (delta or early end) with a non-black palette entry 0",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether an RLE4/RLE8 pixel stream leaves pixels unwritten.
+fn rle_skips_pixels(stream: &[u8], width: u64, height: u64, four_bit: bool) -> bool {
+    let (mut x, mut y, mut pos) = (0u64, 0u64, 0usize);
+    loop {
+        let (Some(&n), Some(&v)) = (stream.get(pos), stream.get(pos + 1)) else {
+            return true;
+        };
+        pos += 2;
+        if n > 0 {
+            x += u64::from(n);
+            continue;
+        }
+        match v {
+            0 => {
+                if x < width {
+                    return true;
+                }
+                (x, y) = (0, y + 1);
+            }
+            1 => return y < height && !(y + 1 == height && x >= width),
+            2 => return true,
+            k => {
+                x += u64::from(k);
+                let bytes = if four_bit {
+                    usize::from(k).div_ceil(2)
+                } else {
+                    usize::from(k)
+                };
+                pos += bytes + (bytes & 1);
+            }
+        }
+    }
 }
 
 fn error(e: ImageError) -> RowError {
@@ -203,6 +278,35 @@ mod tests {
             parse_header(&data).unwrap_err().to_string(),
             "unsupported BMP: info header of 77 bytes"
         );
+    }
+
+    #[test]
+    fn rle_skips_are_found() {
+        // Two rows of 4: a full run each (the last EOL omitted), then EOB.
+        assert!(!rle_skips_pixels(&[4, 7, 0, 0, 4, 7, 0, 1], 4, 2, false));
+        assert!(!rle_skips_pixels(
+            &[4, 7, 0, 0, 4, 7, 0, 0, 0, 1],
+            4,
+            2,
+            false
+        ));
+        // A short row, a delta, an early end.
+        assert!(rle_skips_pixels(&[3, 7, 0, 0, 4, 7, 0, 1], 4, 2, false));
+        assert!(rle_skips_pixels(&[0, 2, 1, 0, 0, 1], 4, 2, false));
+        assert!(rle_skips_pixels(&[4, 7, 0, 1], 4, 2, false));
+        // Absolute runs (RLE8: 4 bytes; RLE4: 3 pixels in 2 bytes).
+        assert!(!rle_skips_pixels(
+            &[0, 4, 1, 2, 3, 4, 0, 0, 4, 7, 0, 1],
+            4,
+            2,
+            false
+        ));
+        assert!(!rle_skips_pixels(
+            &[0, 3, 0x12, 0x30, 1, 0, 0, 0, 4, 0x11, 0, 1],
+            4,
+            2,
+            true
+        ));
     }
 
     #[test]

@@ -21,7 +21,6 @@ pub(crate) fn rgb_to_luma(rgb: &[u8], luma: &mut [u8]) {
 /// `convert('RGB')` computes `R = (255 - K) - (255 - K) * C / 255` with its
 /// `MULDIV255` rounding (`Convert.c`, `cmyk2rgb`). With the inversion folded
 /// in, that is `R = k - muldiv255(255 - c, k)` on the stored bytes.
-#[cfg_attr(not(feature = "turbojpeg"), allow(dead_code))]
 pub(crate) fn cmyk_to_rgb(buf: &mut [u8], pixels: usize) {
     debug_assert!(buf.len() >= pixels * 4);
     let muldiv255 = |a: u32, b: u32| {

@@ -56,6 +56,8 @@ fn error(e: DecodingError) -> RowError {
 fn options(limit: u64) -> DecodeOptions {
     let mut options = DecodeOptions::new();
     options.set_color_output(ColorOutput::Indexed);
+    // Pillow skips extensions it does not know; so does the header walk.
+    options.allow_unknown_blocks(true);
     options.set_memory_limit(
         std::num::NonZeroU64::new(limit.max(1)).map_or(MemoryLimit::Unlimited, MemoryLimit::Bytes),
     );

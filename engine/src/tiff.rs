@@ -87,6 +87,7 @@ pub(crate) fn open(data: &[u8]) -> Result<TiffPage<'_>, RowError> {
             format!("image size {width}x{height} has a zero side"),
         ));
     }
+    check_layout(&mut decoder, data, width, height)?;
     // A damaged Orientation entry is ignored, as Pillow ignores it.
     let orientation = decoder
         .find_tag_unsigned::<u16>(Tag::Orientation)
@@ -129,6 +130,146 @@ pub(crate) fn open(data: &[u8]) -> Result<TiffPage<'_>, RowError> {
         width,
         height,
     })
+}
+
+/// Most samples per pixel converted (CMYK + alpha).
+const MAX_SAMPLES: u16 = 5;
+
+/// Refuses, from the first IFD's tags and before anything is decoded, the
+/// layouts whose decode would cost more than the page itself or give other
+/// pixels than Pillow's:
+/// - more than [`MAX_SAMPLES`] samples per pixel (the crate sizes buffers
+///   by them), and tiles whose one tile is larger than the whole page's
+///   budget (a 1×1 image with 2³²-wide tiles);
+/// - JPEG strips or tiles whose own frame header is larger than the strip
+///   or tile (the crate hands each to zune-jpeg, which would allocate and
+///   decode the full frame size, up to 16384², once per strip);
+/// - associated (premultiplied) alpha, which Pillow un-premultiplies;
+/// - planar (separate-plane) samples, which the crate reads only the first
+///   plane of.
+fn check_layout(
+    decoder: &mut Decoder<Cursor<Cow<'_, [u8]>>>,
+    data: &[u8],
+    width: u32,
+    height: u32,
+) -> Result<(), RowError> {
+    let tag = |decoder: &mut Decoder<Cursor<Cow<'_, [u8]>>>, t: Tag| {
+        decoder.find_tag_unsigned::<u64>(t).ok().flatten()
+    };
+    let samples = tag(decoder, Tag::SamplesPerPixel).unwrap_or(1);
+    if samples > u64::from(MAX_SAMPLES) {
+        return Err(RowError::unsupported(
+            FORMAT,
+            format!("{samples} samples per pixel"),
+        ));
+    }
+    if samples > 1 && tag(decoder, Tag::PlanarConfiguration) == Some(2) {
+        return Err(RowError::unsupported(
+            FORMAT,
+            "planar (separate-plane) samples",
+        ));
+    }
+    let extra = decoder
+        .find_tag_unsigned_vec::<u16>(Tag::ExtraSamples)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    if extra.first() == Some(&1) {
+        return Err(RowError::unsupported(
+            FORMAT,
+            "associated (premultiplied) alpha",
+        ));
+    }
+    let page = u64::from(width) * u64::from(height);
+    let tiled = tag(decoder, Tag::TileWidth).zip(tag(decoder, Tag::TileLength));
+    if let Some((tw, th)) = tiled {
+        // Tiles may overhang the page (a 256×256 tile for a 100×100 image is
+        // normal), but one tile is never worth more than 4 pages or 4 Mpx.
+        let cap = page.saturating_mul(4).max(1 << 22);
+        if tw > 1 << 16 || th > 1 << 16 || tw * th > cap {
+            return Err(RowError::corrupt(
+                FORMAT,
+                format!("{tw}x{th} tiles for a {width}x{height} image"),
+            ));
+        }
+    }
+    if tag(decoder, Tag::Compression) == Some(COMPRESSION_JPEG) {
+        let (chunk_w, chunk_h, offsets, counts) = match tiled {
+            Some((tw, th)) => (tw, th, Tag::TileOffsets, Tag::TileByteCounts),
+            None => {
+                let rows = tag(decoder, Tag::RowsPerStrip).unwrap_or(u64::from(height));
+                (
+                    u64::from(width),
+                    rows.min(u64::from(height)),
+                    Tag::StripOffsets,
+                    Tag::StripByteCounts,
+                )
+            }
+        };
+        let offsets = decoder.get_tag_u64_vec(offsets).map_err(error)?;
+        let counts = decoder.get_tag_u64_vec(counts).map_err(error)?;
+        let round = |v: u64| v.div_ceil(16) * 16;
+        for (&at, &len) in offsets.iter().zip(&counts) {
+            let chunk = usize::try_from(at)
+                .ok()
+                .zip(usize::try_from(len).ok())
+                .and_then(|(at, len)| data.get(at..at.checked_add(len)?))
+                .ok_or_else(|| {
+                    RowError::truncated(
+                        FORMAT,
+                        "a JPEG strip or tile runs past the end of the data",
+                    )
+                })?;
+            let (w, h) = jpeg_frame_size(chunk).ok_or_else(|| {
+                RowError::corrupt(FORMAT, "a JPEG strip or tile has no frame header")
+            })?;
+            if u64::from(w) > round(chunk_w) || u64::from(h) > round(chunk_h) {
+                return Err(RowError::corrupt(
+                    FORMAT,
+                    format!("a JPEG strip or tile of {w}x{h} in {chunk_w}x{chunk_h} chunks"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+const COMPRESSION_JPEG: u64 = 7;
+
+/// The frame size (width, height) in a JPEG stream's SOF marker, walking
+/// marker segments from SOI; `None` if there is none before the first scan.
+fn jpeg_frame_size(stream: &[u8]) -> Option<(u16, u16)> {
+    if !stream.starts_with(&[0xFF, 0xD8]) {
+        return None;
+    }
+    let mut pos = 2;
+    loop {
+        // Fill bytes before a marker.
+        while stream.get(pos) == Some(&0xFF) && stream.get(pos + 1) == Some(&0xFF) {
+            pos += 1;
+        }
+        if stream.get(pos) != Some(&0xFF) {
+            return None;
+        }
+        let marker = *stream.get(pos + 1)?;
+        pos += 2;
+        if matches!(marker, 0x01 | 0xD0..=0xD7) {
+            continue;
+        }
+        let len = usize::from(u16::from_be_bytes([
+            *stream.get(pos)?,
+            *stream.get(pos + 1)?,
+        ]));
+        match marker {
+            0xC0..=0xCF if !matches!(marker, 0xC4 | 0xC8 | 0xCC) => {
+                let h = u16::from_be_bytes([*stream.get(pos + 3)?, *stream.get(pos + 4)?]);
+                let w = u16::from_be_bytes([*stream.get(pos + 5)?, *stream.get(pos + 6)?]);
+                return Some((w, h));
+            }
+            0xDA | 0xD9 => return None,
+            _ => pos += len,
+        }
+    }
 }
 
 const PHOTOMETRIC_BLACK_IS_ZERO: u16 = 1;

@@ -125,7 +125,15 @@ fn bitstream_size(chunk: &Chunk<'_>) -> Result<(u32, u32), RowError> {
                 return Err(RowError::corrupt(FORMAT, "VP8L signature byte is not 0x2f"));
             }
             let bits = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
-            Ok(((bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1))
+            let size = ((bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1);
+            if size.0 == 1 << 14 || size.1 == 1 << 14 {
+                // image-webp 0.2.4 wraps a 16384-pixel side to 0.
+                return Err(RowError::unsupported(
+                    FORMAT,
+                    format!("lossless image {}x{} (a 16384-pixel side)", size.0, size.1),
+                ));
+            }
+            Ok(size)
         }
         other => Err(RowError::corrupt(
             FORMAT,
@@ -137,20 +145,36 @@ fn bitstream_size(chunk: &Chunk<'_>) -> Result<(u32, u32), RowError> {
     }
 }
 
-/// The bitstream chunk of a frame: VP8L, or VP8 after an optional ALPH.
+/// The bitstream chunk of an animation frame, read as image-webp reads
+/// it: the first subchunk is VP8 or VP8L, or ALPH immediately followed by
+/// VP8 (image-webp decodes whatever follows ALPH as VP8, so anything else
+/// there is refused rather than trusted).
 fn frame_bitstream<'a>(
-    frame: impl Iterator<Item = Result<Chunk<'a>, RowError>>,
+    mut frame: impl Iterator<Item = Result<Chunk<'a>, RowError>>,
 ) -> Result<Chunk<'a>, RowError> {
-    for chunk in frame {
-        let chunk = chunk?;
-        match &chunk.fourcc {
-            b"VP8 " | b"VP8L" => return Ok(chunk),
-            b"ALPH" => {}
-            // Unknown chunks before the bitstream are allowed and skipped.
-            _ => {}
+    let missing = || RowError::corrupt(FORMAT, "animation frame has no VP8 or VP8L bitstream");
+    let first = frame.next().ok_or_else(missing)??;
+    match &first.fourcc {
+        b"VP8 " | b"VP8L" => Ok(first),
+        b"ALPH" => {
+            let next = frame.next().ok_or_else(missing)??;
+            if &next.fourcc == b"VP8 " {
+                Ok(next)
+            } else {
+                Err(RowError::corrupt(
+                    FORMAT,
+                    format!("{} chunk after ALPH, not VP8", name(&next.fourcc)),
+                ))
+            }
         }
+        other => Err(RowError::corrupt(
+            FORMAT,
+            format!(
+                "animation frame starts with {}, not ALPH, VP8 or VP8L",
+                name(other)
+            ),
+        )),
     }
-    Err(RowError::corrupt(FORMAT, "no VP8 or VP8L bitstream"))
 }
 
 /// Walks the RIFF container (`data` starts with `RIFF....WEBP`). Reads
@@ -303,9 +327,9 @@ pub(crate) fn decode(
     let len = decoder
         .output_buffer_size()
         .ok_or_else(|| RowError::Internal("WebP output size overflows".into()))?;
-    // Everything image-webp allocates is sized by the frame sizes checked
-    // above; this caps what it might add.
-    decoder.set_memory_limit(len.saturating_mul(2).max(1 << 20));
+    // Everything image-webp allocates for pixels is sized by the canvas and
+    // frame sizes the RIFF walk checked (its memory limit only covers
+    // metadata chunks, which are not read here).
     if dst.len() < len {
         dst.resize(len, 0);
     }
@@ -402,11 +426,7 @@ mod tests {
 
     #[test]
     fn an_animation_frame_must_fit_its_canvas() {
-        let mut anmf = Vec::new();
-        for v in [0u32, 0, 15, 15, 100] {
-            anmf.extend_from_slice(&v.to_le_bytes()[..3]);
-        }
-        anmf.push(0);
+        let mut anmf = anmf_head();
         let inner = riff(&[(b"VP8 ", vp8(16, 16))]);
         anmf.extend_from_slice(&inner[12..]);
         let ok = riff(&[
@@ -424,6 +444,34 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("outside the 8x8 canvas"));
+        // ALPH, then a chunk image-webp would decode as VP8 whatever its
+        // name (here a 16383x16383 frame): refused before decoding.
+        let mut hidden = anmf_head();
+        let inner = riff(&[
+            (b"ALPH", vec![0; 4]),
+            (b"JUNK", vp8(16383, 16383)),
+            (b"VP8 ", vp8(16, 16)),
+        ]);
+        hidden.extend_from_slice(&inner[12..]);
+        let hidden = riff(&[
+            (b"VP8X", vp8x(0x12, 16, 16)),
+            (b"ANIM", vec![0; 6]),
+            (b"ANMF", hidden),
+        ]);
+        assert_eq!(
+            parse_header(&hidden).unwrap_err().to_string(),
+            "corrupt WebP: JUNK chunk after ALPH, not VP8"
+        );
+    }
+
+    /// An ANMF payload's 16-byte head: a 16x16 frame at (0, 0).
+    fn anmf_head() -> Vec<u8> {
+        let mut anmf = Vec::new();
+        for v in [0u32, 0, 15, 15, 100] {
+            anmf.extend_from_slice(&v.to_le_bytes()[..3]);
+        }
+        anmf.push(0);
+        anmf
     }
 
     #[test]

@@ -173,6 +173,14 @@ def _bmp_rle(bits: int) -> bytes:
     return _bmp(bits, bytes(data), idx.shape[1], idx.shape[0], palette=palette, compression=1 if bits == 8 else 2)
 
 
+def _bmp_rle_with_delta() -> bytes:
+    """A 4×2 RLE8 BMP whose first row is a delta over all of it, palette
+    entry 0 red: Pillow shows red there, a black fill would be wrong."""
+    palette = bytes([0, 0, 255, 0]) + bytes([0, 255, 0, 0]) * 255
+    data = bytes([0, 2, 0, 1, 4, 1, 0, 1])  # delta (0, 1), a run of 4, end
+    return _bmp(8, data, 4, 2, palette=palette, compression=1)
+
+
 def _bmp24_top_down() -> bytes:
     arr = np.asarray(_photo())
     rows = _bmp_rows(arr, lambda row: row[:, ::-1].tobytes(), top_down=True)
@@ -320,11 +328,40 @@ def test_undecoded_variants_are_named(client):
         "tiff_group3": (_save(photo.convert("1"), "TIFF", compression="group3"), "unsupported TIFF: compression method Fax3"),
         "tiff_float32": (_tifffile(np.asarray(photo.convert("L"), np.float32)), "unsupported TIFF: colour type Gray(32)"),
         "tiff_lab": (_save(photo.convert("LAB"), "TIFF"), "unsupported TIFF"),
+        # Pillow un-premultiplies associated alpha; refused rather than darkened.
+        "tiff_premultiplied": (
+            _tifffile(np.asarray(_with_alpha(photo)), photometric="rgb", extrasamples=[1]),
+            "unsupported TIFF: associated (premultiplied) alpha",
+        ),
+        "tiff_planar": (
+            _tifffile(np.moveaxis(np.asarray(photo), -1, 0), photometric="rgb", planarconfig="separate"),
+            "unsupported TIFF: planar",
+        ),
+        "tiff_6_samples": (
+            _tifffile(np.zeros((8, 8, 6), np.uint8), photometric="minisblack", planarconfig="contig"),
+            "unsupported TIFF: 6 samples per pixel",
+        ),
+        # Pillow paints pixels an RLE delta skips with palette entry 0.
+        "bmp_rle8_delta_nonblack_entry0": (_bmp_rle_with_delta(), "unsupported BMP: RLE that skips pixels"),
     }
     rows = run_named(client, [(n, d) for n, (d, _) in cases.items()], UINT8_HWC)
     for name, (_, words) in cases.items():
         error = rows[name][3]
         assert error is not None and words in error, f"{name}: {error!r}"
+
+
+def _patch_ifd(tif: bytearray, values: Dict[int, int]) -> None:
+    """Overwrites inline SHORT/LONG values of the first IFD of a little-endian
+    classic TIFF (a SHORT gets min(value, 65535))."""
+    ifd = struct.unpack("<I", tif[4:8])[0]
+    for i in range(struct.unpack("<H", tif[ifd : ifd + 2])[0]):
+        e = ifd + 2 + 12 * i
+        tag, typ = struct.unpack("<HH", tif[e : e + 4])
+        if tag in values:
+            if typ == 3:
+                tif[e + 8 : e + 10] = struct.pack("<H", min(values[tag], 65535))
+            else:
+                tif[e + 8 : e + 12] = struct.pack("<I", values[tag])
 
 
 def _hostile() -> List[Tuple[str, bytes, str]]:
@@ -356,18 +393,16 @@ def _hostile() -> List[Tuple[str, bytes, str]]:
     bmp_big = bytearray(bmp)
     bmp_big[18:26] = struct.pack("<ii", 100000, 100000)
 
-    # TIFF: ImageWidth/ImageLength forged to 100000 x 100000.
+    # TIFF: ImageWidth/ImageLength forged to 100000 x 100000 (60000 if SHORT).
     tif_big = bytearray(tif)
-    ifd = struct.unpack("<I", tif_big[4:8])[0]
-    n = struct.unpack("<H", tif_big[ifd : ifd + 2])[0]
-    for i in range(n):
-        e = ifd + 2 + 12 * i
-        tag, typ = struct.unpack("<HH", tif_big[e : e + 4])
-        if tag in (256, 257):
-            if typ == 3:
-                tif_big[e + 8 : e + 10] = struct.pack("<H", 60000)
-            else:
-                tif_big[e + 8 : e + 12] = struct.pack("<I", 100000)
+    _patch_ifd(tif_big, {256: 100000, 257: 100000})
+    # TIFF: JPEG strips whose own frame header says 16383x16383.
+    jpeg_tif = bytearray(_save(_photo(), "TIFF", compression="jpeg", quality=90))
+    sof = jpeg_tif.index(b"\xff\xc0")
+    jpeg_tif[sof + 5 : sof + 9] = struct.pack(">HH", 16383, 16383)
+    # TIFF: one 65535x65535 tile for a 1x1 page (the tile count still fits).
+    tiled = bytearray(_tifffile(np.zeros((1, 1, 3), np.uint8), photometric="rgb", tile=(16, 16)))
+    _patch_ifd(tiled, {322: 65535, 323: 65535})
     # TIFF: an LZW "bomb": a 2000x2000 page (4 Mpx, inside the limits) whose
     # one strip claims the whole image but holds 64 bytes of data.
     bomb = _save(Image.new("L", (2000, 2000)), "TIFF", compression="tiff_lzw")
@@ -389,6 +424,8 @@ def _hostile() -> List[Tuple[str, bytes, str]]:
         # A valid 9000x8000 page (72 Mpx): over the pixel limit from its header.
         ("tiff_72mpx_valid", _tifffile(np.zeros((8000, 9000), np.uint8), compression="zlib"), "over the"),
         ("tiff_strip_bomb", bomb[:200], "TIFF"),
+        ("tiff_jpeg_strip_16383x16383", bytes(jpeg_tif), "a JPEG strip or tile of 16383x16383"),
+        ("tiff_65535x65535_tiles", bytes(tiled), "65535x65535 tiles for a 1x1 image"),
         ("tiff_bad_ifd_offset", b"II*\0\xff\xff\xff\x7f" + b"\0" * 64, "TIFF"),
     ]
 
