@@ -415,6 +415,37 @@ mod tests {
     }
 
     #[test]
+    fn orientation_reads_exif_then_xmp_within_the_metadata_limit() {
+        // IFD0 with one entry: Orientation (0x0112), SHORT, count 1, value 6.
+        let mut exif = b"II*\0\x08\0\0\0\x01\0\x12\x01\x03\0\x01\0\0\0\x06\0\0\0".to_vec();
+        exif.extend_from_slice(&[0; 4]);
+        let xmp = b"<x:xmpmeta><rdf:Description tiff:Orientation=\"3\"/></x:xmpmeta>".to_vec();
+        let file = |exif: Option<&Vec<u8>>| {
+            let mut chunks = vec![(b"VP8X", vp8x(0x0C, 64, 64)), (b"VP8 ", vp8(64, 64))];
+            if let Some(e) = exif {
+                chunks.push((b"EXIF", e.clone()));
+            }
+            chunks.push((b"XMP ", xmp.clone()));
+            riff(&chunks)
+        };
+        let both = file(Some(&exif));
+        assert_eq!(
+            parse_header(&both).unwrap().orientation(1024).unwrap(),
+            Some(6)
+        );
+        let xmp_only = file(None);
+        assert_eq!(
+            parse_header(&xmp_only).unwrap().orientation(1024).unwrap(),
+            Some(3)
+        );
+        let e = parse_header(&both).unwrap().orientation(16).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "EXIF metadata of 26 bytes is over the 16 byte metadata limit"
+        );
+    }
+
+    #[test]
     fn a_bitstream_bigger_than_its_canvas_is_refused_before_decoding() {
         let forged = riff(&[(b"VP8X", vp8x(0, 1, 1)), (b"VP8 ", vp8(16383, 16383))]);
         let e = parse_header(&forged).unwrap_err();
