@@ -1,8 +1,9 @@
 //! Image format detection from magic bytes.
 //!
 //! Only the bytes decide: a file name or content type is never consulted, so
-//! a PNG named `.jpg` decodes as PNG and a GIF named `.jpg` as GIF. Formats the engine cannot decode are still recognised so the row
-//! error can name them instead of calling them garbage.
+//! a PNG named `.jpg` decodes as PNG and a GIF named `.jpg` as GIF. Formats
+//! the engine cannot decode are still recognised so the row error can name
+//! them instead of calling them garbage.
 
 /// What the first bytes of an encoded image say it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
