@@ -25,6 +25,10 @@ Methods (every one turns encoded bytes already in memory into tensors):
                 reference
   engine_u8     same engine, flight_u8's spec (the like-for-like baseline
                 of flight_u8)
+  engine_u8_2f  engine_u8 with two batches in flight on the same pool
+                (engine_bench --concurrent 2): engine_u8 over it is what one
+                batch at a time costs in idle cores at a batch's tail (the
+                straggler effect)
   engine_draft  same engine, imagenet preset + "draft": true (libjpeg-turbo
                 decodes: DCT-domain downscale on the large set, pixels equal
                 to pillow_draft's; full size on the imagenet set, pixels
@@ -38,6 +42,8 @@ Methods (every one turns encoded bytes already in memory into tensors):
                 "normalize":null}
   flight_u8_k2  flight_u8's spec through preprocess(..., streams=2): two
                 calls, each on its own thread, outputs in input order
+  flight_u8_uds flight_u8 against a second server listening on a Unix
+                domain socket (--listen unix:///PATH), same cores
 
 The process pools work like torch's DataLoader(num_workers=cores,
 batch_size=32, prefetch_factor=2): each worker builds whole 32-image batches
@@ -83,6 +89,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
@@ -103,8 +110,8 @@ SPEC_DRAFT: Dict[str, Any] = {"preset": "imagenet", "draft": True}
 SPEC_ZUNE: Dict[str, Any] = {"preset": "imagenet", "decoder": "zune-jpeg"}
 
 METHODS_BY_SET = {
-    "imagenet": ["pillow", "torchvision", "decode_only", "engine", "engine_zune", "engine_draft", "engine_u8", "flight_f32",
-                 "flight_u8", "flight_u8_k2"],
+    "imagenet": ["pillow", "torchvision", "decode_only", "engine", "engine_zune", "engine_draft", "engine_u8", "engine_u8_2f",
+                 "flight_f32", "flight_u8", "flight_u8_k2", "flight_u8_uds"],
     "large": ["pillow", "pillow_draft", "torchvision", "decode_only", "decode_only_draft", "engine", "engine_zune",
               "engine_draft", "engine_u8",
               "flight_f32", "flight_draft", "flight_u8"],
@@ -116,9 +123,14 @@ RATIOS = [
     ("engine/decode_only", "engine", "decode_only", "imagenet", ">=", 0.9, "ips"),
     ("engine_zune/decode_only (pure-Rust fallback)", "engine_zune", "decode_only", "imagenet", None, None, "ips"),
     ("engine_draft/decode_only", "engine_draft", "decode_only", "imagenet", None, None, "ips"),
+    ("engine_u8/engine_u8_2f (straggler: 1 vs 2 batches in flight)", "engine_u8", "engine_u8_2f", "imagenet", ">=",
+     0.9, "ips"),
     ("flight_u8/engine_u8", "flight_u8", "engine_u8", "imagenet", ">=", 0.85, "ips"),
     ("flight_u8_k2/engine_u8 (two streams)", "flight_u8_k2", "engine_u8", "imagenet", ">=", 0.95, "ips"),
     ("flight_u8_k2/flight_u8", "flight_u8_k2", "flight_u8", "imagenet", None, None, "ips"),
+    ("flight_u8_uds/flight_u8 (Unix socket / loopback TCP)", "flight_u8_uds", "flight_u8", "imagenet", None, None,
+     "ips"),
+    ("flight_u8_uds cpu/1k ÷ flight_u8 cpu/1k", "flight_u8_uds", "flight_u8", "imagenet", None, None, "cpu"),
     ("flight_u8/engine (f32 engine row; for reference)", "flight_u8", "engine", "imagenet", None, None, "ips"),
     ("flight_f32/engine", "flight_f32", "engine", "imagenet", None, None, "ips"),
     ("flight_f32/torchvision", "flight_f32", "torchvision", "imagenet", ">=", 1.5, "ips"),
@@ -403,10 +415,10 @@ def run_pool(kind: str, images: List[bytes], cores: int, cfg: "Config") -> Dict[
 
 
 def run_engine(bins: Dict[str, Path], spec: Dict[str, Any], folder: Path, cores: int,
-               cfg: "Config") -> Dict[str, Any]:
+               cfg: "Config", concurrent: int = 1) -> Dict[str, Any]:
     cmd = [
         str(bins["engine_bench"]), "--dir", str(folder), "--threads", str(cores),
-        "--batch", str(BATCH), "--spec", json.dumps(spec),
+        "--batch", str(BATCH), "--spec", json.dumps(spec), "--concurrent", str(concurrent),
         "--min-seconds", str(cfg.seconds), "--min-batches", str(max(cfg.min_batches, cfg.lat_min)),
         "--warmup", "2",
     ]
@@ -428,11 +440,11 @@ class DraftUnavailable(Exception):
 
 
 class Server:
-    """`pixelfeed serve` on a free loopback port, for the duration of a with-block."""
+    """`pixelfeed serve` on a free loopback port (or ``listen``, e.g. a Unix socket) until closed."""
 
-    def __init__(self, binary: Path, cores: int):
+    def __init__(self, binary: Path, cores: int, listen: str = "127.0.0.1:0"):
         self.proc = subprocess.Popen(
-            [str(binary), "serve", "--listen", "127.0.0.1:0", "--threads", str(cores), "--pinned", "off"],
+            [str(binary), "serve", "--listen", listen, "--threads", str(cores), "--pinned", "off"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
             env={**os.environ, "RUST_LOG": "warn"},
         )
@@ -474,7 +486,7 @@ def run_flight(server: Server, spec: Dict[str, Any], images: List[bytes], cfg: "
     distinct = n // math.gcd(n, BATCH)
     table = pa.record_batch({"image": pa.array([images[i % n] for i in range(distinct * BATCH)], pa.binary())})
     slices = [table.slice(i * BATCH, BATCH) for i in range(distinct)]
-    client = pixelfeed.connect(f"grpc://{server.addr}")
+    client = pixelfeed.connect(server.addr)  # as printed: HOST:PORT or unix:///PATH
     how = {"streams": 1, "prefetch": 0} if streams == 1 else {"streams": streams}
     try:
         def drain(stream) -> int:
@@ -657,6 +669,8 @@ def main() -> None:
     raw: Dict[str, Dict[str, List[Dict[str, Any]]]] = {s: {} for s in sets}
     skipped: Dict[str, Dict[str, str]] = {s: {} for s in sets}
     server = Server(bins["pixelfeed"], args.cores)
+    uds_server: Optional[Server] = None
+    uds_dir = Path(tempfile.mkdtemp(prefix="pf-bench-"))
     t_start = time.perf_counter()
     draft_unavailable = False
     try:
@@ -682,6 +696,8 @@ def main() -> None:
                             r = run_engine(bins, SPEC_DRAFT, folder, args.cores, cfg)
                         elif m == "engine_u8":
                             r = run_engine(bins, SPEC_U8, folder, args.cores, cfg)
+                        elif m == "engine_u8_2f":
+                            r = run_engine(bins, SPEC_U8, folder, args.cores, cfg, concurrent=2)
                         elif m == "flight_f32":
                             r = run_flight(server, SPEC_F32, images, cfg)
                         elif m == "flight_draft":
@@ -690,6 +706,10 @@ def main() -> None:
                             r = run_flight(server, SPEC_U8, images, cfg)
                         elif m == "flight_u8_k2":
                             r = run_flight(server, SPEC_U8, images, cfg, streams=2)
+                        elif m == "flight_u8_uds":
+                            if uds_server is None:
+                                uds_server = Server(bins["pixelfeed"], args.cores, f"unix://{uds_dir}/pf.sock")
+                            r = run_flight(uds_server, SPEC_U8, images, cfg)
                         else:
                             r = run_pool(m, images, args.cores, cfg)
                     except DraftUnavailable:
@@ -702,6 +722,9 @@ def main() -> None:
                           f"({time.perf_counter() - t:4.1f}s)", flush=True)
     finally:
         server.close()
+        if uds_server is not None:
+            uds_server.close()
+        shutil.rmtree(uds_dir, ignore_errors=True)
     elapsed = time.perf_counter() - t_start
 
     results: Dict[str, Dict[str, Dict[str, Any]]] = {}

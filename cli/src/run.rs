@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use pixelfeed_server::{
-    advertised_location, bind, check_config, serve_metrics, serve_until_stopped, ServerConfig,
+    advertised_location, bind, check_config, serve_metrics, serve_until_stopped, Listener,
+    ServerConfig,
 };
 
 use crate::flags::{ConvertArgs, OpsArgs, ServeArgs};
@@ -34,11 +35,11 @@ pub(crate) fn serve(args: &ServeArgs) -> anyhow::Result<()> {
 
 async fn serve_on_runtime(mut config: ServerConfig, ops: &OpsArgs) -> anyhow::Result<()> {
     let signals = stop_signals()?;
-    let listener = bind(config.listen).await?;
+    let listener = Listener::bind(&config.listen).await?;
     let addr = listener
         .local_addr()
         .context("could not read the bound address")?;
-    if let Some(warning) = config.exposure_warning(addr) {
+    if let Some(warning) = config.exposure_warning(&addr) {
         tracing::warn!("SECURITY: {warning}; anyone who can reach it can use it");
     }
     let metrics = match ops.metrics_listen {
@@ -46,7 +47,7 @@ async fn serve_on_runtime(mut config: ServerConfig, ops: &OpsArgs) -> anyhow::Re
         None => None,
     };
     if config.service.datasets.location.is_none() {
-        config.service.datasets.location = advertised_location(addr, config.tls.is_some());
+        config.service.datasets.location = advertised_location(&addr, config.tls.is_some());
     }
     tracing::info!(
         %addr,

@@ -155,7 +155,7 @@ impl ServeArgs {
     /// need I/O (token, TLS, datasets, pool): see [`ServeArgs::setup`].
     pub(crate) fn server_config(&self) -> ServerConfig {
         ServerConfig {
-            listen: self.listen,
+            listen: self.listen.clone(),
             max_message_bytes: self.max_message_bytes,
             service: ServiceConfig {
                 engine: self.engine.engine_config(),

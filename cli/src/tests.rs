@@ -8,7 +8,7 @@ use clap::{CommandFactory as _, Parser as _};
 use pixelfeed_engine::EngineConfig;
 use pixelfeed_pool::{PinnedMode, PoolConfig};
 use pixelfeed_server::{
-    CallLimits, ConnectionLimits, DEFAULT_LISTEN, DEFAULT_MAX_MESSAGE_BYTES,
+    CallLimits, ConnectionLimits, ListenAddr, DEFAULT_LISTEN, DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_TARGET_MESSAGE_BYTES,
 };
 
@@ -30,7 +30,7 @@ fn cli_definition_is_consistent() {
 #[test]
 fn defaults_match_the_library() {
     let config = serve_args(&[]).server_config();
-    assert_eq!(config.listen, DEFAULT_LISTEN);
+    assert_eq!(config.listen, ListenAddr::Tcp(DEFAULT_LISTEN));
     assert_eq!(config.max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES);
     assert_eq!(
         config.service.target_message_bytes,
@@ -183,7 +183,7 @@ fn every_flag_reaches_the_config() {
         }
     );
     let config = args.server_config();
-    assert_eq!(config.listen.port(), 0);
+    assert_eq!(config.listen, "127.0.0.1:0".parse::<ListenAddr>().unwrap());
     assert_eq!(config.max_message_bytes, 1000);
     assert_eq!(config.service.target_message_bytes, 100);
     assert_eq!(

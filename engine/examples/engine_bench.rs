@@ -7,7 +7,11 @@
 //! back (rows in parallel on a rayon pool of `--threads` threads, output in
 //! blocks of the server's own [`HostBufferPool`], pageable, so they are
 //! reused as in the server rather than allocated and zeroed per batch) until both `--min-seconds` and `--min-batches`
-//! are reached, after `--warmup` untimed batches. Prints one JSON object on
+//! are reached, after `--warmup` untimed batches. With `--concurrent N`,
+//! N threads each run that loop on the same rayon pool, so N batches are
+//! in flight at once and the tail of one overlaps the start of the next
+//! (what a server with N calls does); `--concurrent 1` against 2 measures
+//! the straggler cost of one batch at a time. Prints one JSON object on
 //! stdout:
 //!
 //! ```json
@@ -46,10 +50,11 @@ struct Options {
     min_seconds: f64,
     min_batches: usize,
     warmup: usize,
+    concurrent: usize,
 }
 
 const USAGE: &str = "usage: engine_bench --dir DIR [--spec JSON] [--batch 32] [--threads N] \
-                     [--min-seconds 3] [--min-batches 10] [--warmup 2]";
+                     [--min-seconds 3] [--min-batches 10] [--warmup 2] [--concurrent 1]";
 
 fn parse_args() -> Result<Options, String> {
     let mut o = Options {
@@ -60,6 +65,7 @@ fn parse_args() -> Result<Options, String> {
         min_seconds: 3.0,
         min_batches: 10,
         warmup: 2,
+        concurrent: 1,
     };
     let mut dir = None;
     let mut args = std::env::args().skip(1);
@@ -79,12 +85,13 @@ fn parse_args() -> Result<Options, String> {
             "--min-seconds" => o.min_seconds = value.parse().map_err(|e| bad(&e))?,
             "--min-batches" => o.min_batches = value.parse().map_err(|e| bad(&e))?,
             "--warmup" => o.warmup = value.parse().map_err(|e| bad(&e))?,
+            "--concurrent" => o.concurrent = value.parse().map_err(|e| bad(&e))?,
             _ => return Err(format!("unknown option {name}\n{USAGE}")),
         }
     }
     o.dir = dir.ok_or_else(|| format!("--dir is required\n{USAGE}"))?;
-    if o.batch == 0 || o.threads == 0 {
-        return Err("--batch and --threads must be at least 1".to_owned());
+    if o.batch == 0 || o.threads == 0 || o.concurrent == 0 {
+        return Err("--batch, --threads and --concurrent must be at least 1".to_owned());
     }
     Ok(o)
 }
@@ -160,33 +167,58 @@ fn run(o: &Options) -> Result<serde_json::Value, String> {
         pinned: PinnedMode::Off,
         ..PoolConfig::default()
     });
-    let mut errors = 0usize;
-    let mut step = |i: usize| -> Result<(), String> {
+    // The failed rows of batch `i`.
+    let step = |i: usize| -> Result<usize, String> {
         let out = process_batch(&batches[i % batches.len()], &spec, &config, &pool, 0)
             .map_err(|e| e.to_string())?;
         let error = out
             .column_by_name("error")
             .expect("output has an error column");
-        errors += error.len() - error.null_count();
-        Ok(())
+        Ok(error.len() - error.null_count())
     };
 
+    let mut errors = 0usize;
     for i in 0..o.warmup {
-        step(i)?;
+        errors += step(i)?;
     }
     let min_wall = Duration::from_secs_f64(o.min_seconds);
-    let mut latencies_ms = Vec::new();
+    let min_each = o.min_batches.div_ceil(o.concurrent);
     let cpu0 = cpu_seconds();
     let t0 = Instant::now();
-    let mut i = o.warmup;
-    while latencies_ms.len() < o.min_batches || t0.elapsed() < min_wall {
-        let t = Instant::now();
-        step(i)?;
-        latencies_ms.push(t.elapsed().as_secs_f64() * 1e3);
-        i += 1;
-    }
+    // Each thread's batch latencies and failed rows.
+    let per_thread: Vec<Result<(Vec<f64>, usize), String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..o.concurrent)
+            .map(|first| {
+                let step = &step;
+                scope.spawn(move || {
+                    let (mut latencies, mut errors) = (Vec::new(), 0usize);
+                    let mut i = o.warmup + first;
+                    while latencies.len() < min_each || t0.elapsed() < min_wall {
+                        let t = Instant::now();
+                        errors += step(i)?;
+                        latencies.push(t.elapsed().as_secs_f64() * 1e3);
+                        i += o.concurrent;
+                    }
+                    Ok((latencies, errors))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("a bench thread panicked".into()))
+            })
+            .collect()
+    });
     let wall_s = t0.elapsed().as_secs_f64();
     let cpu_s = cpu_seconds() - cpu0;
+    let mut latencies_ms = Vec::new();
+    for result in per_thread {
+        let (latencies, failed) = result?;
+        latencies_ms.extend(latencies);
+        errors += failed;
+    }
     let count = latencies_ms.len() * o.batch;
     Ok(serde_json::json!({
         "images": count,
@@ -197,6 +229,7 @@ fn run(o: &Options) -> Result<serde_json::Value, String> {
         "latencies_ms": latencies_ms,
         "threads": o.threads,
         "batch": o.batch,
+        "concurrent": o.concurrent,
         "errors": errors,
         "files": images.len(),
     }))

@@ -14,6 +14,7 @@ use pixelfeed_data::{DatasetRegistry, DatasetRoots, ReadOptions};
 use pixelfeed_engine::{BlockAllocator, EngineConfig, HeapAllocator};
 
 use crate::auth::AuthToken;
+use crate::listen::ListenAddr;
 use crate::metrics::Metrics;
 
 /// Default address `pixelfeed serve` listens on.
@@ -231,10 +232,11 @@ impl TlsConfig {
 /// Everything needed to run a pixelfeed Flight server.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Address to bind. Used by callers that bind their own listener (the
-    /// CLI); [`serve_with_shutdown`](crate::serve_with_shutdown) takes an
+    /// Address to bind (TCP or a Unix socket). Used by callers that bind
+    /// their own listener (the CLI);
+    /// [`serve_with_shutdown`](crate::serve_with_shutdown) takes an
     /// already-bound listener.
-    pub listen: SocketAddr,
+    pub listen: ListenAddr,
     /// Largest gRPC message accepted from or sent to a client, in bytes.
     pub max_message_bytes: usize,
     /// How requests are processed.
@@ -248,7 +250,7 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            listen: DEFAULT_LISTEN,
+            listen: ListenAddr::Tcp(DEFAULT_LISTEN),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             service: ServiceConfig::default(),
             tls: None,
@@ -260,9 +262,10 @@ impl Default for ServerConfig {
 impl ServerConfig {
     /// A warning to print when `addr` is reachable from other hosts while
     /// the server has no token or no TLS (anyone on the network could use
-    /// it, or read the images and the token).
-    pub fn exposure_warning(&self, addr: SocketAddr) -> Option<String> {
-        if addr.ip().is_loopback() {
+    /// it, or read the images and the token). Loopback and Unix sockets are
+    /// local.
+    pub fn exposure_warning(&self, addr: &ListenAddr) -> Option<String> {
+        if addr.is_local() {
             return None;
         }
         let missing: Vec<&str> = [

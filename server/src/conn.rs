@@ -25,12 +25,12 @@ use std::time::Duration;
 
 use futures::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tonic::transport::server::Connected;
 
 use crate::config::ConnectionLimits;
+use crate::listen::{Listener, Socket};
 
 /// What one connection's calls tell it.
 #[derive(Debug)]
@@ -82,7 +82,7 @@ pub struct ConnInfo {
 }
 
 impl ConnInfo {
-    /// The peer's address.
+    /// The peer's address (`None` over a Unix socket).
     pub fn remote_addr(&self) -> Option<SocketAddr> {
         self.remote
     }
@@ -91,7 +91,7 @@ impl ConnInfo {
 /// An accepted connection with its time limits and its slot.
 #[derive(Debug)]
 pub struct Conn {
-    stream: TcpStream,
+    stream: Socket,
     info: ConnInfo,
     limits: ConnectionLimits,
     timer: Pin<Box<Sleep>>,
@@ -191,7 +191,7 @@ const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration
 /// `limits.max_connections` open at once, never an error (a failed accept
 /// is logged and retried after a back-off).
 pub(crate) fn incoming(
-    listener: TcpListener,
+    listener: Listener,
     limits: ConnectionLimits,
 ) -> impl Stream<Item = Result<Conn, io::Error>> {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
@@ -204,13 +204,11 @@ pub(crate) fn incoming(
             loop {
                 match listener.accept().await {
                     Ok((stream, remote)) => {
-                        // Small messages should not wait for Nagle's algorithm.
-                        let _ = stream.set_nodelay(true);
                         let now = Instant::now();
                         let conn = Conn {
                             stream,
                             info: ConnInfo {
-                                remote: Some(remote),
+                                remote,
                                 state: Arc::new(ConnState::new()),
                             },
                             limits,

@@ -17,13 +17,15 @@
 //! Key items: [`PixelfeedService`] (the tonic service, to mount in a tonic
 //! server of your own), [`ServiceConfig`] / [`ServerConfig`] (how it
 //! runs), [`serve_with_shutdown`] / [`serve_until_stopped`] (run it on a
-//! listener, with the health service, TLS and the drain policy).
+//! [`Listener`], TCP or a Unix socket, with the health service, TLS and
+//! the drain policy).
 //!
 //! Code map: `service` routes each RPC to its module under `rpc/`
 //! (`exchange`, `get`, `put`, `info`, `actions`); all streaming RPCs share
 //! `stream` (engine on the blocking pool, output split by `split`, status
 //! mapping); `guard` wraps every call (`auth`, limits, span, `metrics`);
-//! `config` holds every config type; `serve` hosts it.
+//! `config` holds every config type; `serve` hosts it on a `listen`
+//! address, accepting through `conn`.
 //!
 //! API boundary: no pixel math here (the engine crate has it), and no
 //! CLI: flags, signals and logging set-up live in `pixelfeed-cli`.
@@ -46,6 +48,7 @@ mod budget;
 mod config;
 mod conn;
 mod guard;
+mod listen;
 mod metrics;
 mod rpc;
 mod serve;
@@ -61,6 +64,7 @@ pub use config::{
     DEFAULT_MAX_INPUT_BYTES_IN_FLIGHT, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_ROWS_PER_BATCH,
     DEFAULT_TARGET_MESSAGE_BYTES, DEFAULT_UPLOAD_CAP_BYTES,
 };
+pub use listen::{InvalidListenAddr, ListenAddr, Listener, SocketFile};
 pub use metrics::{serve_metrics, Metrics};
 pub use serve::{
     advertised_location, bind, check_config, serve_until_stopped, serve_with_shutdown, ServerError,

@@ -13,6 +13,7 @@ use tonic::transport::Server;
 
 use crate::config::ServerConfig;
 use crate::guard::Guarded;
+use crate::listen::{ListenAddr, Listener};
 use crate::service::PixelfeedService;
 
 /// HTTP/2 flow-control windows for what clients send us (our output is
@@ -31,7 +32,7 @@ pub enum ServerError {
     #[error("could not listen on {addr}: {source}")]
     Bind {
         /// The address asked for.
-        addr: SocketAddr,
+        addr: String,
         /// The OS error.
         source: std::io::Error,
     },
@@ -61,12 +62,16 @@ fn flight_service(config: &ServerConfig) -> FlightServiceServer<PixelfeedService
         .max_encoding_message_size(config.max_message_bytes)
 }
 
-/// Binds `addr` (port 0 picks a free port; read it back with
-/// `listener.local_addr()`).
+/// Binds the TCP address `addr` (port 0 picks a free port; read it back
+/// with `listener.local_addr()`); [`Listener::bind`] also binds Unix
+/// sockets.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| ServerError::Bind { addr, source })
+        .map_err(|source| ServerError::Bind {
+            addr: addr.to_string(),
+            source,
+        })
 }
 
 /// A server builder with the transport settings and TLS of `config`
@@ -119,7 +124,8 @@ pub fn check_config(config: &ServerConfig) -> Result<(), ServerError> {
     transport(config).map(drop)
 }
 
-/// Serves the pixelfeed Flight service on `listener` until `shutdown`
+/// Serves the pixelfeed Flight service on `listener` (TCP or a Unix
+/// socket) until `shutdown`
 /// completes, then stops accepting and lets in-flight calls finish.
 ///
 /// Every Flight call goes through the call guard (token, concurrency,
@@ -131,11 +137,11 @@ pub fn check_config(config: &ServerConfig) -> Result<(), ServerError> {
 /// `config.listen` is not used: the listener is already bound.
 pub async fn serve_with_shutdown(
     config: ServerConfig,
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     check_config(&config)?;
-    let incoming = crate::conn::incoming(listener, config.connections);
+    let incoming = crate::conn::incoming(listener.into(), config.connections);
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<FlightServiceServer<PixelfeedService>>()
@@ -184,7 +190,7 @@ pub enum Stopped {
 /// for each request (e.g. a signal's) for the log.
 pub async fn serve_until_stopped(
     config: ServerConfig,
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     mut stops: impl Stream<Item = &'static str> + Unpin,
     drain_timeout: Duration,
 ) -> Result<Stopped, ServerError> {
@@ -215,14 +221,22 @@ pub async fn serve_until_stopped(
 
 /// The URL this server puts in dataset endpoint locations when none was
 /// configured: `grpc://ADDR` (`grpc+tls://` with TLS) of the bound
-/// address, or `None` for an unspecified address such as `0.0.0.0`, which
-/// no client can dial.
-pub fn advertised_location(bound: SocketAddr, tls: bool) -> Option<String> {
-    if bound.ip().is_unspecified() {
-        return None;
+/// address, `grpc+unix:///PATH` for a Unix socket (pyarrow's scheme), or
+/// `None` when no client could dial it: an unspecified address such as
+/// `0.0.0.0`, a relative socket path, or TLS over a Unix socket (Flight
+/// has no scheme for it).
+pub fn advertised_location(bound: &ListenAddr, tls: bool) -> Option<String> {
+    match bound {
+        ListenAddr::Tcp(addr) if addr.ip().is_unspecified() => None,
+        ListenAddr::Tcp(addr) => {
+            let scheme = if tls { "grpc+tls" } else { "grpc" };
+            Some(format!("{scheme}://{addr}"))
+        }
+        ListenAddr::Unix(path) if path.is_absolute() && !tls => {
+            Some(format!("grpc+unix://{}", path.display()))
+        }
+        ListenAddr::Unix(_) => None,
     }
-    let scheme = if tls { "grpc+tls" } else { "grpc" };
-    Some(format!("{scheme}://{bound}"))
 }
 
 #[cfg(test)]
@@ -231,16 +245,22 @@ mod tests {
 
     #[test]
     fn the_advertised_location_is_dialable() {
-        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let at = |s: &str| s.parse::<ListenAddr>().unwrap();
         assert_eq!(
-            advertised_location(at("127.0.0.1:8815"), false).as_deref(),
+            advertised_location(&at("127.0.0.1:8815"), false).as_deref(),
             Some("grpc://127.0.0.1:8815")
         );
         assert_eq!(
-            advertised_location(at("10.0.0.5:1"), true).as_deref(),
+            advertised_location(&at("10.0.0.5:1"), true).as_deref(),
             Some("grpc+tls://10.0.0.5:1")
         );
-        assert_eq!(advertised_location(at("0.0.0.0:8815"), false), None);
-        assert_eq!(advertised_location(at("[::]:8815"), false), None);
+        assert_eq!(advertised_location(&at("0.0.0.0:8815"), false), None);
+        assert_eq!(advertised_location(&at("[::]:8815"), false), None);
+        assert_eq!(
+            advertised_location(&at("unix:///run/pf.sock"), false).as_deref(),
+            Some("grpc+unix:///run/pf.sock")
+        );
+        assert_eq!(advertised_location(&at("unix:pf.sock"), false), None);
+        assert_eq!(advertised_location(&at("unix:///run/pf.sock"), true), None);
     }
 }

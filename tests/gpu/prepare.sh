@@ -8,8 +8,9 @@ cd "$(dirname "$0")/../.."
 source scripts/features.sh
 cargo build --release -p pixelfeed-cli --bin pixelfeed $PIXELFEED_FEATURES
 cargo build --release -p pixelfeed-client --features cuda --example rust_gpu_upload
+cargo build --release -p pixelfeed-engine --example engine_bench $PIXELFEED_FEATURES
 rm -rf .gpu && mkdir -p .gpu/bin .gpu/images
-cp target/release/pixelfeed target/release/examples/rust_gpu_upload .gpu/bin/
+cp target/release/pixelfeed target/release/examples/rust_gpu_upload target/release/examples/engine_bench .gpu/bin/
 # Debug info makes them ~100 MB each; the device transfer is capped at 64 MiB.
 strip .gpu/bin/*
 corpus=../shared/corpus/bench/imagenet

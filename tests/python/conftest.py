@@ -30,7 +30,7 @@ import pytest
 
 from pfhelpers import DIFFS, REPO, SUMMARIES, corpus_path
 
-LISTEN_RE = re.compile(r"pixelfeed listening on (?:grpc(?:\+tcp)?://)?(\d{1,3}(?:\.\d{1,3}){3}:\d+|\[[0-9A-Fa-f:.]+\]:\d+|localhost:\d+)")
+LISTEN_RE = re.compile(r"pixelfeed listening on (?:grpc(?:\+tcp)?://)?(\d{1,3}(?:\.\d{1,3}){3}:\d+|\[[0-9A-Fa-f:.]+\]:\d+|localhost:\d+|unix:///\S+)")
 STARTUP_TIMEOUT_S = float(os.environ.get("PIXELFEED_STARTUP_TIMEOUT", "60"))
 
 
@@ -87,8 +87,12 @@ class ServerHandle:
         raise KeyError(key)
 
 
-def _start_server(*extra_args: str, env: Optional[Dict[str, str]] = None) -> ServerHandle:
-    """Start the binary on 127.0.0.1:0 (plus ``extra_args`` / ``env``) and wait for its listening line."""
+def _start_server(*extra_args: str, env: Optional[Dict[str, str]] = None, listen: str = "127.0.0.1:0") -> ServerHandle:
+    """Start the binary on ``listen`` (plus ``extra_args`` / ``env``) and wait for its listening line.
+
+    The handle's ``location`` is what pyarrow dials: ``grpc://HOST:PORT``, or
+    ``grpc+unix:///PATH`` for ``listen="unix:///PATH"``.
+    """
     binary = server_binary()
     if not binary.exists():
         pytest.fail(
@@ -99,7 +103,7 @@ def _start_server(*extra_args: str, env: Optional[Dict[str, str]] = None) -> Ser
     env = {**os.environ, **(env or {})}
     env.setdefault("RUST_LOG", "warn")
     proc = subprocess.Popen(
-        [str(binary), "serve", "--listen", "127.0.0.1:0", *extra_args],
+        [str(binary), "serve", "--listen", listen, *extra_args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -135,7 +139,8 @@ def _start_server(*extra_args: str, env: Optional[Dict[str, str]] = None) -> Ser
         else:
             why = f"exited with code {code} before listening"
         pytest.fail(f"pixelfeed server {binary} {why}; output:\n{''.join(output)}", pytrace=False)
-    handle = ServerHandle(location=f"grpc://{found[0]}", proc=proc, output=output)
+    scheme = "grpc+" if found[0].startswith("unix://") else "grpc://"
+    handle = ServerHandle(location=scheme + found[0], proc=proc, output=output)
     return handle
 
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 use pixelfeed_server::{
-    DEFAULT_LISTEN, DEFAULT_MAX_CONCURRENT_CALLS, DEFAULT_MAX_INPUT_BYTES_IN_FLIGHT,
+    ListenAddr, DEFAULT_LISTEN, DEFAULT_MAX_CONCURRENT_CALLS, DEFAULT_MAX_INPUT_BYTES_IN_FLIGHT,
     DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_ROWS_PER_BATCH, DEFAULT_TARGET_MESSAGE_BYTES,
     DEFAULT_UPLOAD_CAP_BYTES,
 };
@@ -17,10 +17,12 @@ use super::values::{name_uri, positive_usize, seconds};
 
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
-    /// Address to listen on. Port 0 picks a free port; the address actually
-    /// bound is printed as `pixelfeed listening on ADDR`.
-    #[arg(long, default_value_t = DEFAULT_LISTEN)]
-    pub(crate) listen: SocketAddr,
+    /// Address to listen on: HOST:PORT, or unix:///PATH for a Unix domain
+    /// socket (same-host clients; pyarrow dials it as grpc+unix:///PATH).
+    /// Port 0 picks a free port; the address actually bound is printed as
+    /// `pixelfeed listening on ADDR`.
+    #[arg(long, default_value_t = ListenAddr::Tcp(DEFAULT_LISTEN))]
+    pub(crate) listen: ListenAddr,
 
     /// Largest gRPC message accepted from or sent to a client, in bytes.
     /// pyarrow sends each record batch as one message, so this bounds the

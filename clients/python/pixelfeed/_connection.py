@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import pyarrow.flight as flight
 
-__all__ = ["Connection", "TRANSIENT_ERRORS", "normalize_location"]
+__all__ = ["Connection", "TRANSIENT_ERRORS", "location_uri", "normalize_location", "unix_socket_options"]
 
 #: Flight errors after which the same request is worth sending to another
 #: server: the server is gone or overloaded, not the request wrong.
@@ -23,10 +23,45 @@ LocationLike = Union[str, flight.Location]
 
 
 def normalize_location(location: LocationLike) -> LocationLike:
-    """Accept ``host:port`` as shorthand for ``grpc://host:port``."""
-    if isinstance(location, str) and "://" not in location:
-        return "grpc://" + location
+    """Accept what ``pixelfeed serve`` prints as ``pixelfeed listening on ADDR``.
+
+    ``host:port`` becomes ``grpc://host:port``; a Unix socket,
+    ``unix:///path`` (gRPC's name for it), becomes ``grpc+unix:///path``,
+    the scheme pyarrow dials. Anything else is passed through.
+    """
+    if isinstance(location, str):
+        if location.startswith("unix://"):
+            return "grpc+" + location
+        if "://" not in location:
+            return "grpc://" + location
     return location
+
+
+#: The HTTP/2 ``:authority`` sent over a Unix socket. gRPC's C core sends
+#: the socket's path there, which is not a valid authority (RFC 9113 8.3.1);
+#: the server's HTTP/2 layer (h2, under tonic) refuses such a request with
+#: ``RST_STREAM PROTOCOL_ERROR`` (hyperium/h2 PR 487). ``localhost`` is what
+#: grpc-go and tonic's own clients send for Unix sockets.
+UNIX_SOCKET_AUTHORITY = "localhost"
+
+
+def location_uri(location: Any) -> str:
+    """A location (``str``, ``flight.Location``) as its URI text."""
+    uri = getattr(location, "uri", location)
+    return uri.decode() if isinstance(uri, bytes) else str(uri)
+
+
+def unix_socket_options(location: LocationLike, flight_kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """``flight_kwargs``, plus ``grpc.default_authority=localhost`` for a ``grpc+unix://`` location.
+
+    A caller's own ``grpc.default_authority`` in ``generic_options`` wins.
+    """
+    if not location_uri(location).startswith("grpc+unix://"):
+        return flight_kwargs
+    generic = list(flight_kwargs.get("generic_options") or [])
+    if not any(key == "grpc.default_authority" for key, _ in generic):
+        generic.append(("grpc.default_authority", UNIX_SOCKET_AUTHORITY))
+    return {**flight_kwargs, "generic_options": generic}
 
 
 class Connection:
@@ -98,4 +133,4 @@ class Connection:
         The caller closes it. Calls on it need :meth:`options` for the token.
         """
         target = self.location if location is None else normalize_location(location)
-        return flight.FlightClient(target, **self._flight_kwargs)
+        return flight.FlightClient(target, **unix_socket_options(target, self._flight_kwargs))

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from . import _contract
-from ._connection import TRANSIENT_ERRORS, Connection
+from ._connection import TRANSIENT_ERRORS, Connection, location_uri
 from ._contract import SpecLike
 
 __all__ = ["Dataset", "read", "read_table", "read_all", "assign_shards", "info_command"]
@@ -55,12 +55,6 @@ def _parts(source: Source) -> Tuple[Connection, Optional[flight.FlightClient]]:
     return source.connection, source.flight_client
 
 
-def _uri(location: Any) -> str:
-    """A location (``str``, ``flight.Location``) as its URI text."""
-    uri = getattr(location, "uri", location)
-    return uri.decode() if isinstance(uri, bytes) else str(uri)
-
-
 @contextmanager
 def _flight_client(source: Source, location: Optional[str] = None) -> Iterator[flight.FlightClient]:
     """A Flight client to ``location`` (default: the source's own server).
@@ -69,7 +63,7 @@ def _flight_client(source: Source, location: Optional[str] = None) -> Iterator[f
     the source's TLS settings, closed on exit.
     """
     conn, own = _parts(source)
-    if own is not None and (location is None or location == _uri(conn.location)):
+    if own is not None and (location is None or location == location_uri(conn.location)):
         yield own
         return
     opened = conn.open(location)
@@ -109,7 +103,7 @@ class Dataset:
 
 
 def _locations(endpoint: flight.FlightEndpoint) -> List[str]:
-    return [_uri(loc) for loc in endpoint.locations]
+    return [location_uri(loc) for loc in endpoint.locations]
 
 
 def read(

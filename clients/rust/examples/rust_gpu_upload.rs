@@ -3,10 +3,14 @@
 //!
 //! ```sh
 //! cargo run --release -p pixelfeed-client --features cuda --example rust_gpu_upload -- \
-//!     --server grpc://127.0.0.1:8815 --images ../shared/corpus/bench/imagenet --repeat 10
+//!     --server grpc://127.0.0.1:8815 --images ../shared/corpus/bench/imagenet --repeat 10 \
+//!     --streams 4
 //! ```
 //!
-//! Each output batch is handed to [`DeviceUploader::upload`], which copies it
+//! The batches travel over `--streams` concurrent calls
+//! ([`Client::exchange_ordered`]; default: the server's choice,
+//! [`Client::default_streams`]) and come back in input order. Each output
+//! batch is handed to [`DeviceUploader::upload`], which copies it
 //! into pinned staging and enqueues an async copy; the previous batch is
 //! "consumed" (dropped) only after the next copy is enqueued, the pattern a
 //! training loop follows.
@@ -25,6 +29,8 @@ struct Args {
     repeat: usize,
     batch_size: usize,
     spec: String,
+    /// `None`: [`Client::default_streams`].
+    streams: Option<usize>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -34,6 +40,7 @@ fn parse_args() -> Result<Args, String> {
         repeat: 1,
         batch_size: 128,
         spec: r#"{"preset":"imagenet"}"#.into(),
+        streams: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -46,6 +53,9 @@ fn parse_args() -> Result<Args, String> {
                 args.batch_size = value()?.parse().map_err(|e| format!("--batch-size: {e}"))?
             }
             "--spec" => args.spec = value()?,
+            "--streams" => {
+                args.streams = Some(value()?.parse().map_err(|e| format!("--streams: {e}"))?)
+            }
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -85,9 +95,21 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let mut uploader = DeviceUploader::new(0)?;
     let batches = image_batches(images, args.batch_size)?;
 
+    let streams = match args.streams {
+        Some(k) => k,
+        None => client.default_streams().await,
+    };
+    println!("{streams} streams");
+
     let started = Instant::now();
     let mut output = client
-        .exchange_with_schema(args.spec.as_str(), image_schema(), stream::iter(batches))
+        .exchange_ordered(
+            args.spec.as_str(),
+            image_schema(),
+            stream::iter(batches),
+            streams,
+            streams,
+        )
         .await?;
     let mut in_use: Option<DeviceBatch> = None;
     let (mut rows, mut failed) = (0usize, 0usize);

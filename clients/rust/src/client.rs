@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::future::ready;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -17,6 +18,7 @@ use arrow_flight::{
 use arrow_schema::SchemaRef;
 use bytes::Bytes;
 use futures::channel::oneshot;
+use futures::future::BoxFuture;
 use futures::stream::{self, BoxStream, Stream, StreamExt, TryStreamExt};
 use pixelfeed_schema::{InfoRequest, TransformSpec};
 use serde_json::Value;
@@ -125,16 +127,22 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to `url` (`grpc://host:port`, `grpc+tcp://host:port` or
-    /// `http://host:port`; `grpc+tls://` needs [`Client::connect_with`] and
-    /// a CA) with [`ClientOptions::default`].
+    /// Connects to `url` (`grpc://host:port`, `grpc+tcp://host:port`,
+    /// `http://host:port`, or a Unix socket as `grpc+unix:///path` or
+    /// `unix:///path`; `grpc+tls://` needs [`Client::connect_with`] and a
+    /// CA) with [`ClientOptions::default`].
     pub async fn connect(url: &str) -> Result<Self, ClientError> {
         Self::connect_with(url, ClientOptions::default()).await
     }
 
     /// Connects to `url` with explicit options.
     pub async fn connect_with(url: &str, options: ClientOptions) -> Result<Self, ClientError> {
-        let (http, tls) = http_url(url)?;
+        let target = parse_url(url)?;
+        let (http, tls) = match &target {
+            Target::Http { url, tls } => (url.clone(), *tls),
+            // The authority is never dialled: the connector opens the socket.
+            Target::Unix(_) => ("http://localhost".to_string(), false),
+        };
         let mut endpoint = Endpoint::from_shared(http).map_err(|e| ClientError::InvalidUrl {
             url: url.to_string(),
             reason: e.to_string(),
@@ -149,7 +157,10 @@ impl Client {
         if tls {
             endpoint = endpoint.tls_config(options.tls_config(url)?)?;
         }
-        let channel = endpoint.connect().await?;
+        let channel = match target {
+            Target::Http { .. } => endpoint.connect().await?,
+            Target::Unix(path) => endpoint.connect_with_connector(UnixConnector(path)).await?,
+        };
         Ok(Self::from_channel(channel, &options))
     }
 
@@ -353,9 +364,17 @@ impl Client {
     }
 }
 
-/// Maps the Flight URL schemes onto the URL tonic connects to, and whether
-/// it is TLS.
-fn http_url(url: &str) -> Result<(String, bool), ClientError> {
+/// Where a Flight URL leads.
+#[derive(Debug, PartialEq, Eq)]
+enum Target {
+    /// The URL tonic connects to, and whether it is TLS.
+    Http { url: String, tls: bool },
+    /// A Unix domain socket.
+    Unix(PathBuf),
+}
+
+/// Maps the Flight URL schemes onto what tonic connects to.
+fn parse_url(url: &str) -> Result<Target, ClientError> {
     let invalid = |reason: &str| ClientError::InvalidUrl {
         url: url.to_string(),
         reason: reason.to_string(),
@@ -363,12 +382,42 @@ fn http_url(url: &str) -> Result<(String, bool), ClientError> {
     let (scheme, rest) = url
         .split_once("://")
         .ok_or_else(|| invalid("expected grpc://host:port"))?;
+    let http = |prefix: &str, tls| Target::Http {
+        url: format!("{prefix}://{rest}"),
+        tls,
+    };
     match scheme {
-        "grpc" | "grpc+tcp" | "http" => Ok((format!("http://{rest}"), false)),
-        "grpc+tls" | "https" => Ok((format!("https://{rest}"), true)),
+        "grpc" | "grpc+tcp" | "http" => Ok(http("http", false)),
+        "grpc+tls" | "https" => Ok(http("https", true)),
+        "grpc+unix" | "unix" if rest.starts_with('/') => Ok(Target::Unix(PathBuf::from(rest))),
+        "grpc+unix" | "unix" => Err(invalid("expected an absolute socket path: unix:///path")),
         _ => Err(invalid(
-            "unknown scheme (use grpc://, grpc+tcp://, grpc+tls://, http:// or https://)",
+            "unknown scheme (use grpc://, grpc+tcp://, grpc+tls://, grpc+unix://, http:// or \
+             https://)",
         )),
+    }
+}
+
+/// Opens the Unix socket for tonic (its own connector only dials TCP).
+#[derive(Debug, Clone)]
+struct UnixConnector(PathBuf);
+
+impl tower_service::Service<tonic::transport::Uri> for UnixConnector {
+    type Response = hyper_util::rt::TokioIo<tokio::net::UnixStream>;
+    type Error = std::io::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: tonic::transport::Uri) -> Self::Future {
+        let path = self.0.clone();
+        Box::pin(async move {
+            tokio::net::UnixStream::connect(path)
+                .await
+                .map(hyper_util::rt::TokioIo::new)
+        })
     }
 }
 
@@ -413,20 +462,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn flight_schemes_map_to_http() {
-        assert_eq!(
-            http_url("grpc://127.0.0.1:8815").unwrap(),
-            ("http://127.0.0.1:8815".to_string(), false)
-        );
-        assert_eq!(http_url("grpc+tcp://h:1").unwrap().0, "http://h:1");
-        assert_eq!(http_url("http://h:1").unwrap().0, "http://h:1");
-        assert_eq!(
-            http_url("grpc+tls://h:1").unwrap(),
-            ("https://h:1".to_string(), true)
-        );
-        assert!(matches!(
-            http_url("h:1"),
-            Err(ClientError::InvalidUrl { .. })
-        ));
+    fn flight_schemes_map_to_their_targets() {
+        let http = |url: &str, tls| Target::Http {
+            url: url.to_string(),
+            tls,
+        };
+        for (given, want) in [
+            (
+                "grpc://127.0.0.1:8815",
+                http("http://127.0.0.1:8815", false),
+            ),
+            ("grpc+tcp://h:1", http("http://h:1", false)),
+            ("http://h:1", http("http://h:1", false)),
+            ("grpc+tls://h:1", http("https://h:1", true)),
+            ("https://h:1", http("https://h:1", true)),
+            (
+                "grpc+unix:///run/pf.sock",
+                Target::Unix("/run/pf.sock".into()),
+            ),
+            ("unix:///run/pf.sock", Target::Unix("/run/pf.sock".into())),
+        ] {
+            assert_eq!(parse_url(given).unwrap(), want, "{given}");
+        }
+        for bad in ["h:1", "unix://relative.sock", "ftp://h:1"] {
+            assert!(
+                matches!(parse_url(bad), Err(ClientError::InvalidUrl { .. })),
+                "{bad}"
+            );
+        }
     }
 }

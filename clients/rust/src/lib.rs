@@ -4,7 +4,9 @@
 //!   runs the calls: [`Client::exchange`] streams record batches with an
 //!   `image` column through a transform spec and yields tensor batches
 //!   ([`ExchangeStream`]); [`Client::preprocess`] does the same for a slice
-//!   of encoded images; [`Client::dataset_shards`] and
+//!   of encoded images; [`Client::exchange_ordered`] and
+//!   [`Client::preprocess_ordered`] run several calls at once (all the
+//!   server's cores busy) with outputs in input order ([`OrderedStream`]); [`Client::dataset_shards`] and
 //!   [`Client::read_shard`] read datasets the server holds;
 //!   [`Client::presets`] and [`Client::health`] are the server's actions.
 //! - [`IntoSpecJson`] — what can be passed as a spec: JSON text, a
@@ -40,6 +42,7 @@ mod client;
 pub mod cuda;
 mod error;
 mod input;
+mod ordered;
 mod spec;
 mod tensor;
 
@@ -49,6 +52,7 @@ pub use client::{
 };
 pub use error::ClientError;
 pub use input::{image_batch, image_batches, image_schema};
+pub use ordered::{default_streams, OrderedStream};
 pub use pixelfeed_schema::TransformSpec;
 pub use spec::IntoSpecJson;
 pub use tensor::TensorBatch;

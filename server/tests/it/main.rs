@@ -11,6 +11,8 @@ mod observability;
 mod pool;
 mod security;
 mod threats;
+#[cfg(unix)]
+mod unix_socket;
 mod wire;
 
 pub use pixelfeed_testkit::start;

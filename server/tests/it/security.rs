@@ -11,7 +11,7 @@ use arrow_flight::HandshakeRequest;
 use base64::Engine as _;
 use futures::stream;
 use pixelfeed_client::{Client, ClientOptions};
-use pixelfeed_server::{AuthToken, ServerConfig, ServiceConfig, TlsConfig};
+use pixelfeed_server::{AuthToken, ListenAddr, ServerConfig, ServiceConfig, TlsConfig};
 use pixelfeed_testkit::spawn_loopback;
 use pixelfeed_testkit::TestCa;
 use tonic::transport::Channel;
@@ -245,11 +245,13 @@ async fn a_bad_certificate_fails_at_start() {
 
 #[test]
 fn exposure_warning_only_for_reachable_addresses_missing_auth_or_tls() {
-    let open: std::net::SocketAddr = "0.0.0.0:8815".parse().unwrap();
-    let local: std::net::SocketAddr = "127.0.0.1:8815".parse().unwrap();
+    let open: ListenAddr = "0.0.0.0:8815".parse().unwrap();
+    let local: ListenAddr = "127.0.0.1:8815".parse().unwrap();
+    let socket: ListenAddr = "unix:///run/pixelfeed.sock".parse().unwrap();
     let plain = ServerConfig::default();
-    assert!(plain.exposure_warning(local).is_none());
-    let warning = plain.exposure_warning(open).unwrap();
+    assert!(plain.exposure_warning(&local).is_none());
+    assert!(plain.exposure_warning(&socket).is_none());
+    let warning = plain.exposure_warning(&open).unwrap();
     assert!(
         warning.contains("authentication") && warning.contains("TLS"),
         "{warning}"
@@ -259,7 +261,7 @@ fn exposure_warning_only_for_reachable_addresses_missing_auth_or_tls() {
         service: with_token().service,
         ..tls_server(&ca, None)
     };
-    assert!(secured.exposure_warning(open).is_none());
-    let token_only = with_token().exposure_warning(open).unwrap();
+    assert!(secured.exposure_warning(&open).is_none());
+    let token_only = with_token().exposure_warning(&open).unwrap();
     assert!(token_only.contains("TLS") && !token_only.contains("authentication"));
 }
