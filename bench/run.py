@@ -33,6 +33,11 @@ Methods (every one turns encoded bytes already in memory into tensors):
                 decodes: DCT-domain downscale on the large set, pixels equal
                 to pillow_draft's; full size on the imagenet set, pixels
                 equal to Pillow's); needs the `turbojpeg` build (cmake + nasm)
+  native_f32    pixelfeed.Engine (the in-process module, native/, built
+                with maturin --release) in this Python process, `cores`
+                threads, imagenet preset, one batch at a time as engine;
+                skipped when the module cannot be built or imported
+  native_u8     same, flight_u8's spec
   flight_draft  flight_f32 with "draft": true; large set only
   flight_f32    `pixelfeed serve` + the Python client over loopback,
                 imagenet preset (float32 CHW, normalised), one call run on
@@ -111,7 +116,7 @@ SPEC_ZUNE: Dict[str, Any] = {"preset": "imagenet", "decoder": "zune-jpeg"}
 
 METHODS_BY_SET = {
     "imagenet": ["pillow", "torchvision", "decode_only", "engine", "engine_zune", "engine_draft", "engine_u8", "engine_u8_2f",
-                 "flight_f32", "flight_u8", "flight_u8_k2", "flight_u8_uds"],
+                 "native_f32", "native_u8", "flight_f32", "flight_u8", "flight_u8_k2", "flight_u8_uds"],
     "large": ["pillow", "pillow_draft", "torchvision", "decode_only", "decode_only_draft", "engine", "engine_zune",
               "engine_draft", "engine_u8",
               "flight_f32", "flight_draft", "flight_u8"],
@@ -125,6 +130,9 @@ RATIOS = [
     ("engine_draft/decode_only", "engine_draft", "decode_only", "imagenet", None, None, "ips"),
     ("engine_u8/engine_u8_2f (straggler: 1 vs 2 batches in flight)", "engine_u8", "engine_u8_2f", "imagenet", ">=",
      0.9, "ips"),
+    ("native_u8/engine_u8 (the Python binding's cost)", "native_u8", "engine_u8", "imagenet", ">=", 0.95, "ips"),
+    ("native_f32/engine", "native_f32", "engine", "imagenet", ">=", 0.95, "ips"),
+    ("native_f32/pillow", "native_f32", "pillow", "imagenet", ">=", 2.5, "ips"),
     ("flight_u8/engine_u8", "flight_u8", "engine_u8", "imagenet", ">=", 0.85, "ips"),
     ("flight_u8_k2/engine_u8 (two streams)", "flight_u8_k2", "engine_u8", "imagenet", ">=", 0.95, "ips"),
     ("flight_u8_k2/flight_u8", "flight_u8_k2", "flight_u8", "imagenet", None, None, "ips"),
@@ -435,6 +443,66 @@ def run_engine(bins: Dict[str, Path], spec: Dict[str, Any], folder: Path, cores:
             "cpu_per_1k": r["cpu_s_per_1000"], "lat_ms": r["latencies_ms"], "other_load": window.other_load}
 
 
+def build_native(no_build: bool) -> Optional[str]:
+    """Builds and installs the native module in release mode into this venv; why not, or None."""
+    if not no_build:
+        if importlib.util.find_spec("maturin") is None:
+            return "maturin is not installed in this venv (scripts/test.sh installs it)"
+        print("building the native module (maturin develop --release) ...", file=sys.stderr, flush=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "maturin", "develop", "--release", "-q", "-m", str(REPO / "native/Cargo.toml"),
+             *cargo_features()],
+            cwd=REPO, env={**os.environ, "VIRTUAL_ENV": sys.prefix}, capture_output=True, text=True,
+        )
+        if done.returncode != 0:
+            return f"maturin develop failed: {done.stderr.strip()[-300:]}"
+        importlib.invalidate_caches()
+    if importlib.util.find_spec("pixelfeed_native") is None:
+        return "pixelfeed_native is not installed (maturin develop --release -m native/Cargo.toml)"
+    return None
+
+
+#: One engine per spec for the whole run, as a training loop keeps one.
+_ENGINES: Dict[str, Any] = {}
+
+
+def run_native(spec: Dict[str, Any], images: List[bytes], cores: int, cfg: "Config") -> Dict[str, Any]:
+    """pixelfeed.Engine in this process, measured as run_engine measures engine_bench."""
+    import pyarrow as pa
+
+    import pixelfeed
+
+    key = json.dumps(spec, sort_keys=True)
+    if key not in _ENGINES:
+        _ENGINES[key] = pixelfeed.Engine(spec, threads=cores, pinned=False)
+    engine = _ENGINES[key]
+    n = len(images)
+    distinct = n // math.gcd(n, BATCH)
+    table = pa.record_batch({"image": pa.array([images[i % n] for i in range(distinct * BATCH)], pa.binary())})
+    slices = [table.slice(i * BATCH, BATCH) for i in range(distinct)]
+
+    def step(k: int) -> None:
+        out = engine.process(slices[k % distinct], first_row=k * BATCH)
+        if not pixelfeed.valid(out).all():
+            die(f"native: failed rows: {set(e for e in pixelfeed.errors(out) if e)}")
+
+    for k in range(2):  # warm-up, as engine_bench
+        step(k)
+    lat = []
+    k = 2
+    with Window() as window:
+        cpu0, t0 = rusage_cpu(resource.RUSAGE_SELF), time.perf_counter()
+        while len(lat) < max(cfg.min_batches, cfg.lat_min) or time.perf_counter() - t0 < cfg.seconds:
+            t = time.perf_counter()
+            step(k)
+            lat.append((time.perf_counter() - t) * 1e3)
+            k += 1
+        wall, cpu = time.perf_counter() - t0, rusage_cpu(resource.RUSAGE_SELF) - cpu0
+    rows = len(lat) * BATCH
+    return {"images": rows, "wall_s": wall, "ips": rows / wall, "cpu_s": cpu, "cpu_per_1k": cpu * 1000.0 / rows,
+            "lat_ms": lat, "other_load": window.other_load}
+
+
 class DraftUnavailable(Exception):
     """The binaries were built without the `turbojpeg` feature."""
 
@@ -642,6 +710,9 @@ def main() -> None:
     wanted = set(args.methods.split(",")) if args.methods else None
     have_torch = importlib.util.find_spec("torch") is not None and importlib.util.find_spec("torchvision") is not None
     bins = build(args.bin_dir, args.no_build)
+    native_missing = None
+    if wanted is None or wanted & {"native_f32", "native_u8"}:
+        native_missing = build_native(args.no_build or args.bin_dir is not None)
 
     from PIL import features
 
@@ -683,6 +754,9 @@ def main() -> None:
                     if m == "torchvision" and not have_torch:
                         skipped[s][m] = "torch/torchvision not installed (no CPU wheel on this machine's index)"
                         continue
+                    if m.startswith("native_") and native_missing is not None:
+                        skipped[s][m] = native_missing
+                        continue
                     if m in ("engine_draft", "flight_draft") and draft_unavailable:
                         skipped[s][m] = "binaries built without libjpeg-turbo (PIXELFEED_PURE_RUST=1): no draft decoding"
                         continue
@@ -696,6 +770,10 @@ def main() -> None:
                             r = run_engine(bins, SPEC_DRAFT, folder, args.cores, cfg)
                         elif m == "engine_u8":
                             r = run_engine(bins, SPEC_U8, folder, args.cores, cfg)
+                        elif m == "native_f32":
+                            r = run_native(SPEC_F32, images, args.cores, cfg)
+                        elif m == "native_u8":
+                            r = run_native(SPEC_U8, images, args.cores, cfg)
                         elif m == "engine_u8_2f":
                             r = run_engine(bins, SPEC_U8, folder, args.cores, cfg, concurrent=2)
                         elif m == "flight_f32":

@@ -1,24 +1,36 @@
 #!/usr/bin/env python3
-"""pixelfeed quick start: send images to a running server, print what comes back.
+"""pixelfeed quick start: send images to a running server, print what comes back,
+then compare three ways of turning them into tensors on this machine.
 
     python examples/quickstart.py --server grpc://127.0.0.1:8815
-    python examples/quickstart.py --corpus --repeat 20     # throughput run
+    python examples/quickstart.py --corpus --seconds 10
 
 It sends the sample images in ``tests/data/images/`` (plus the JPEG/PNG files
 in ``../shared/corpus/real/`` with ``--corpus``), prints one line per image
-(tensor shape, dtype, source size, or the error), then images/s and MB/s.
-With ``--repeat N`` the image list is streamed N times through one call, which
-is a throughput measurement.
+(tensor shape, dtype, source size, or the error), then, from one run, the
+images/s of the same images and spec through:
+
+- Pillow in a pool of one process per core (torchvision's eval transform:
+  shorter side 256 bilinear, center crop 224, float32 CHW, normalised), the
+  usual Python data loader;
+- the pixelfeed server over Flight (``Client.preprocess``);
+- the pixelfeed engine in this process (``pixelfeed.Engine``; needs the
+  native module, which ``scripts/demo.sh`` builds), same cores.
+
+Each runs for ``--seconds`` on the image list repeated, batches of 32.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import multiprocessing as mp
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Iterator, List, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import pyarrow as pa
 
@@ -85,28 +97,87 @@ def show_results(client: pixelfeed.Client, images: List[Tuple[str, bytes]], spec
     return failures
 
 
-def throughput(client: pixelfeed.Client, images: List[Tuple[str, bytes]], spec, batch_size: int, repeat: int) -> None:
-    """Stream the images ``repeat`` times through one call; print images/s and MB/s."""
-    datas = [d for _, d in images]
+BATCH = 32
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
-    def stream() -> Iterator[bytes]:
-        """The image list, ``repeat`` times over, produced lazily."""
-        for _ in range(repeat):
-            yield from datas
 
-    n_in = len(datas) * repeat
-    bytes_in = sum(len(d) for d in datas) * repeat
-    rows = bytes_out = 0
+def _pillow_one(data: bytes):
+    """torchvision's eval transform on one image with Pillow + NumPy (float32 CHW, normalised)."""
+    import numpy as np
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    w, h = img.size
+    scale = 256 / min(w, h)
+    img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
+    w, h = img.size
+    left, top = int(round((w - 224) / 2.0)), int(round((h - 224) / 2.0))
+    x = np.asarray(img.crop((left, top, left + 224, top + 224)), dtype=np.float32) / 255.0
+    return ((x - MEAN) / STD).transpose(2, 0, 1)
+
+
+def _pillow_batch(batch: List[bytes]) -> int:
+    import numpy as np
+
+    return len(np.stack([_pillow_one(d) for d in batch]))
+
+
+def _timed(run: Callable[[Iterator[List[bytes]]], Iterator[int]], datas: List[bytes], seconds: float) -> float:
+    """images/s of ``run`` fed batches of the image list, repeated, for ``seconds``."""
     start = time.perf_counter()
-    for batch in client.preprocess(stream(), spec=spec, batch_size=batch_size):
-        rows += batch.num_rows
-        bytes_out += pixelfeed.tensors(batch).nbytes
-    secs = time.perf_counter() - start
-    assert rows == n_in, f"sent {n_in} images, got {rows} rows back"
-    print(
-        f"{rows} images in {secs:.2f} s: {rows / secs:.1f} images/s, "
-        f"{bytes_in / secs / 1e6:.1f} MB/s encoded in, {bytes_out / secs / 1e6:.1f} MB/s tensors out"
-    )
+
+    def batches() -> Iterator[List[bytes]]:
+        i = 0
+        while time.perf_counter() - start < seconds:
+            yield [datas[(i + k) % len(datas)] for k in range(BATCH)]
+            i += BATCH
+
+    rows = sum(run(batches()))
+    return rows / (time.perf_counter() - start)
+
+
+def compare(client: pixelfeed.Client, images: List[Tuple[str, bytes]], seconds: float) -> None:
+    """Pillow, Flight and in-process images/s on the same images, imagenet preset, this machine's cores."""
+    datas = [d for _, d in images]
+    cores = len(os.sched_getaffinity(0))
+    print(f"\nthroughput, imagenet preset (float32 CHW), {cores} cores, {seconds:.0f} s each, batches of {BATCH}:")
+    results: List[Tuple[str, Optional[float], str]] = []
+
+    try:
+        with mp.get_context("spawn").Pool(cores) as pool:
+            pool.map(_pillow_batch, [datas[:2]] * cores)  # start the workers
+            ips = _timed(lambda bs: pool.imap(_pillow_batch, bs), datas, seconds)
+        results.append((f"Pillow, {cores} processes", ips, ""))
+    except ImportError:
+        results.append(("Pillow", None, "Pillow is not installed"))
+
+    def flight(bs: Iterator[List[bytes]]) -> Iterator[int]:
+        for out in client.preprocess((b for batch in bs for b in batch), spec="imagenet", batch_size=BATCH):
+            pixelfeed.tensors(out).flat[0]  # noqa: B018 - touch the tensors
+            yield out.num_rows
+
+    results.append(("pixelfeed server over Flight", _timed(flight, datas, seconds), ""))
+
+    try:
+        engine = pixelfeed.Engine("imagenet", threads=cores)
+
+        def native(bs: Iterator[List[bytes]]) -> Iterator[int]:
+            for out in engine.stream(bs):
+                pixelfeed.tensors(out).flat[0]  # noqa: B018
+                yield out.num_rows
+
+        results.append(("pixelfeed.Engine in this process", _timed(native, datas, seconds), ""))
+    except ImportError:
+        results.append(("pixelfeed.Engine in this process", None,
+                        "native module not built (maturin develop --release -m native/Cargo.toml)"))
+
+    base = results[0][1]
+    for name, ips, why in results:
+        if ips is None:
+            print(f"  {name:<34} skipped: {why}")
+        else:
+            ratio = f"{ips / base:5.1f}x Pillow" if base else ""
+            print(f"  {name:<34} {ips:8.1f} images/s  {ratio}")
 
 
 def main(argv=None) -> int:
@@ -114,7 +185,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--server", default="grpc://127.0.0.1:8815", help="Flight location of a running server")
     ap.add_argument("--corpus", action="store_true", help="also send ../shared/corpus/real images if present")
-    ap.add_argument("--repeat", type=int, default=1, help="stream the image list N times for a throughput run")
+    ap.add_argument("--seconds", type=float, default=3.0, help="how long each throughput measurement runs")
     ap.add_argument("--spec", default="imagenet", help='preset name or JSON spec, e.g. \'{"preset":"imagenet","dtype":"uint8"}\'')
     ap.add_argument("--batch-size", type=int, default=64, help="rows per request batch")
     args = ap.parse_args(argv)
@@ -131,7 +202,7 @@ def main(argv=None) -> int:
         print(f"server presets: {', '.join(sorted(presets))}")
         failures = show_results(client, images, spec, args.batch_size)
         print(f"{len(images) - failures} ok, {failures} failed")
-        throughput(client, images, spec, args.batch_size, max(1, args.repeat))
+        compare(client, images, max(0.5, args.seconds))
     return 0
 
 

@@ -36,6 +36,9 @@ forbid pixelfeed-server "clap|indicatif|tracing-subscriber|cudarc|pixelfeed-(poo
 forbid pixelfeed-server "anyhow" "libraries return typed errors; anyhow is for the binary" 1
 forbid pixelfeed-engine "anyhow" "libraries return typed errors; anyhow is for the binary" 1
 forbid pixelfeed-data "anyhow" "libraries return typed errors; anyhow is for the binary" 1
+forbid pixelfeed-native "$rpc|tokio|parquet|pixelfeed-(server|data|cli|client)" \
+  "the in-process module is the engine and the pool, never the Flight stack"
+forbid pixelfeed-native "anyhow" "libraries return typed errors; anyhow is for the binary" 1
 forbid pixelfeed-client "pixelfeed-(engine|pool|data|server|cli)" \
   "the client shares only the contract with the server"
 exit "$status"

@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# Quick start command 1: build the release server, start it on a free
-# loopback port, run examples/quickstart.py against it, stop it.
-#   bash scripts/demo.sh [quickstart args, e.g. --corpus --repeat 20]
+# Quick start command 1: build the release server and the in-process
+# module, start the server on a free loopback port, run
+# examples/quickstart.py against it (per-image results, then Pillow vs
+# Flight vs in-process images/s), stop it.
+#   bash scripts/demo.sh [quickstart args, e.g. --corpus --seconds 10]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/venv.sh
 source scripts/features.sh
-ensure_venv
+ensure_venv demo
 
 echo "== cargo build --release -p pixelfeed-cli --bin pixelfeed $PIXELFEED_FEATURES"
 cargo build --release -p pixelfeed-cli --bin pixelfeed $PIXELFEED_FEATURES
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 bin="$target_dir/release/pixelfeed"
+ensure_native --release
 
 log="$(mktemp)"
 "$bin" serve --listen 127.0.0.1:0 >"$log" 2>&1 &

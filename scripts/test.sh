@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Quick start command 2 (and what CI runs): every test, Rust and Python.
 #   bash scripts/test.sh [extra pytest args]
-# 1. venv with the Python client + test deps (scripts/venv.sh)
+# 1. venv with the Python client + test deps and the native module
+#    (maturin develop of native/; scripts/venv.sh)
 # 2. cargo build of the debug server binary, cargo test --workspace (with
 #    libjpeg-turbo, which needs cmake and nasm: scripts/features.sh says
 #    what is missing; PIXELFEED_PURE_RUST=1 tests the pure-Rust fallback)
@@ -13,6 +14,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/venv.sh
 source scripts/features.sh
 ensure_venv test
+# The in-process engine (native/, `pixelfeed.Engine`) for tests/python/test_native.py.
+ensure_native
 
 echo "== cargo build -p pixelfeed-cli --bin pixelfeed $PIXELFEED_FEATURES"
 cargo build -p pixelfeed-cli --bin pixelfeed $PIXELFEED_FEATURES

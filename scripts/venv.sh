@@ -29,6 +29,7 @@ ensure_venv() {
   want="$(cat "$PIXELFEED_REPO/clients/python/pyproject.toml"; echo "extra=$extra"; "$PY" -V 2>&1)"
   local imports="import pixelfeed, pyarrow, numpy"
   [ "$extra" = "test" ] && imports="$imports, PIL, pytest"
+  [ "$extra" = "demo" ] && imports="$imports, PIL"
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$PY" -c "$imports" >/dev/null 2>&1; then
     return 0
   fi
@@ -37,4 +38,20 @@ ensure_venv() {
   "$PY" -m pip install -q -e "$spec" >&2
   "$PY" -c "$imports"
   printf '%s' "$want" >"$stamp"
+}
+
+# ensure_native [--release]: builds the in-process engine module
+# (native/, `pixelfeed_native`, behind `pixelfeed.Engine`) with maturin and
+# installs it into the venv (call ensure_venv first). Cargo rebuilds only
+# what changed. Honours $PIXELFEED_FEATURES (scripts/features.sh).
+ensure_native() {
+  if ! "$PY" -m maturin --version >/dev/null 2>&1; then
+    echo "== installing maturin into $PIXELFEED_VENV" >&2
+    "$PY" -m pip install -q "maturin>=1.7,<2" >&2
+  fi
+  echo "== maturin develop ${1:-} -m native/Cargo.toml ${PIXELFEED_FEATURES:-}" >&2
+  # shellcheck disable=SC2086
+  VIRTUAL_ENV="$PIXELFEED_VENV" "$PY" -m maturin develop -q ${1:-} \
+    -m "$PIXELFEED_REPO/native/Cargo.toml" ${PIXELFEED_FEATURES:-} >&2
+  "$PY" -c "import pixelfeed_native"
 }

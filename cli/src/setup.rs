@@ -176,6 +176,7 @@ impl ServeArgs {
                 PinnedArg::Off => PinnedMode::Off,
             },
             cuda_device: self.cuda_device,
+            max_wait: None,
         }
     }
 

@@ -179,7 +179,8 @@ fn every_flag_reaches_the_config() {
         PoolConfig {
             cap_bytes: 12345678,
             pinned: PinnedMode::Off,
-            cuda_device: 1
+            cuda_device: 1,
+            max_wait: None,
         }
     );
     let config = args.server_config();

@@ -58,6 +58,11 @@ pub struct PoolConfig {
     pub pinned: PinnedMode,
     /// CUDA device whose context owns pinned blocks.
     pub cuda_device: usize,
+    /// How long a request may wait at the cap for a block to come back
+    /// before it fails; `None` waits as long as it takes. A server's blocks
+    /// come back when clients read, so it waits; an in-process caller that
+    /// holds every block itself would wait forever, so it bounds the wait.
+    pub max_wait: Option<Duration>,
 }
 
 /// The default cap: 1 GiB, or a quarter of physical memory on smaller machines.
@@ -78,6 +83,7 @@ impl Default for PoolConfig {
             cap_bytes: default_cap_bytes(),
             pinned: PinnedMode::Auto,
             cuda_device: 0,
+            max_wait: None,
         }
     }
 }
@@ -233,6 +239,7 @@ struct PoolInner {
     backend: Backend,
     mode: MemoryMode,
     cap_bytes: usize,
+    max_wait: Option<Duration>,
     state: Mutex<State>,
     returned: Condvar,
     allocations: AtomicU64,
@@ -365,6 +372,7 @@ impl HostBufferPool {
                 backend,
                 mode,
                 cap_bytes: config.cap_bytes,
+                max_wait: config.max_wait,
                 state: Mutex::new(State::default()),
                 returned: Condvar::new(),
                 allocations: AtomicU64::new(0),
@@ -453,13 +461,31 @@ impl HostBufferPool {
                 break block;
             }
             // At the cap with every block lent out: wait for one to return.
-            if waited.is_none() {
-                waited = Some(Instant::now());
+            let since = *waited.get_or_insert_with(|| {
                 inner.waits.fetch_add(1, Ordering::Relaxed);
+                Instant::now()
+            });
+            if let Some(limit) = inner.max_wait {
+                if since.elapsed() >= limit {
+                    inner
+                        .wait_nanos
+                        .fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    return Err(format!(
+                        "all {} bytes of the output pool are held by batches still in use, and \
+                         none came back within {limit:?}; drop batches sooner or give the pool \
+                         more bytes",
+                        inner.cap_bytes
+                    ));
+                }
             }
+            let slice = inner.max_wait.map_or(Duration::from_secs(1), |limit| {
+                limit
+                    .saturating_sub(since.elapsed())
+                    .min(Duration::from_secs(1))
+            });
             st = inner
                 .returned
-                .wait_timeout(st, Duration::from_secs(1))
+                .wait_timeout(st, slice)
                 .map(|(g, _)| g)
                 .unwrap_or_else(|p| p.into_inner().0);
         };
@@ -501,6 +527,7 @@ mod tests {
             cap_bytes: cap,
             pinned: PinnedMode::Off,
             cuda_device: 0,
+            max_wait: None,
         })
     }
 
@@ -562,6 +589,28 @@ mod tests {
         assert!(s.bytes_total <= s.cap_bytes);
         assert_eq!(s.waits, 1);
         assert!(s.wait_seconds > 0.1);
+    }
+
+    #[test]
+    fn a_bounded_wait_fails_instead_of_hanging_and_recovers() {
+        let p = HostBufferPool::new(PoolConfig {
+            cap_bytes: 1 << 20,
+            pinned: PinnedMode::Off,
+            cuda_device: 0,
+            max_wait: Some(Duration::from_millis(150)),
+        });
+        let held = p.allocate(1 << 20).unwrap();
+        let started = Instant::now();
+        let err = p.allocate(1 << 20).map(|_| ()).unwrap_err();
+        assert!(started.elapsed() >= Duration::from_millis(150));
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "waited too long"
+        );
+        assert!(err.contains("none came back within"), "{err}");
+        drop(held);
+        assert_eq!(p.allocate(1 << 20).unwrap().len(), 1 << 20);
+        assert_eq!(p.stats().waits, 1);
     }
 
     #[test]

@@ -14,9 +14,11 @@ Quick use::
   streams images through ``DoExchange``, :meth:`Client.presets` lists presets.
 - :func:`tensors`, :func:`valid`, :func:`errors`, :func:`batch_spec` — read the
   output batches without copying.
+- :class:`Engine` — the same engine in this process, no server (needs the
+  optional native module ``pixelfeed_native``; see :mod:`pixelfeed.native`).
 - :mod:`pixelfeed.interop` (``dlpack_values`` for JAX/CuPy) and
-  :mod:`pixelfeed.torch` (``to_torch``, ``TorchLoader``; needs PyTorch, not
-  imported here).
+  :mod:`pixelfeed.torch` (``to_torch``, ``TorchLoader``, ``preprocess_batch``;
+  needs PyTorch, not imported here).
 """
 
 from . import interop
@@ -48,9 +50,19 @@ def _version() -> str:
 
 __version__ = _version()
 
+
+def __getattr__(name: str):
+    """``pixelfeed.Engine``, imported on first use (the native module is optional)."""
+    if name == "Engine":
+        from .native import Engine
+
+        return Engine
+    raise AttributeError(f"module 'pixelfeed' has no attribute {name!r}")
+
 __all__ = [
     "Client",
     "connect",
+    "Engine",
     "encode_spec",
     "DEFAULT_PRESET",
     "tensors",

@@ -42,8 +42,9 @@ host→device copy completed.
 from __future__ import annotations
 
 import math
+import threading
 import warnings
-from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
@@ -53,12 +54,13 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised where torch is absent
     raise ImportError("pixelfeed.torch needs PyTorch: pip install torch") from exc
 
+from ._contract import SpecLike, encode_spec
 from ._loader import NormalizeLike, Prefetcher, parse_normalize, regroup
-from .arrays import batch_spec, tensor_dtype, tensors, valid
+from .arrays import batch_spec, errors, tensor_dtype, tensors, valid
 from .client import connect
 from .datasets import assign_shards
 
-__all__ = ["to_torch", "TorchLoader", "ShardedDataset"]
+__all__ = ["to_torch", "TorchLoader", "ShardedDataset", "preprocess_batch"]
 
 
 def _merge(group: List[pa.RecordBatch]) -> pa.RecordBatch:
@@ -357,3 +359,50 @@ class ShardedDataset(torch.utils.data.IterableDataset):
             endpoints = client.dataset(self.name, self.spec).shards(self.shards or world * workers)
             for i in assign_shards(len(endpoints), rank, world, worker, workers):
                 yield from client.read(endpoints[i])
+
+
+#: One engine per (spec, threads) for :func:`preprocess_batch`, made on first use.
+_ENGINES: Dict[Tuple[bytes, Optional[int]], Any] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def preprocess_batch(
+    images: Any,
+    spec: SpecLike = None,
+    *,
+    device: Union[str, "torch.device"] = "cpu",
+    threads: Optional[int] = None,
+    return_batch: bool = False,
+) -> Any:
+    """Encoded images in, one ``torch.Tensor`` out, in this process: ``(N, *spec shape)``.
+
+    The one-call form of :class:`pixelfeed.Engine` (which needs the native
+    module): the engine for ``(spec, threads)`` is made once and kept. On
+    CPU the tensor is a zero-copy view of the engine's output block
+    (read-only memory: ``.clone()`` before in-place changes); on CUDA it is
+    copied to ``device`` once through :class:`TorchLoader` (from the block
+    itself when the pool is page-locked).
+
+    A row whose image fails would be zeros, so by default any failed row
+    raises ``ValueError`` naming the rows and why; with
+    ``return_batch=True`` nothing is raised and ``(tensor, batch)`` comes
+    back, the batch's ``error`` column (:func:`pixelfeed.errors`) saying
+    which rows are zeros.
+    """
+    from .native import Engine
+
+    key = (encode_spec(spec), threads)
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(key)
+        if engine is None:
+            engine = _ENGINES[key] = Engine(key[0], threads=threads)
+    batch = engine.process(images)
+    if not return_batch:
+        failed = [(i, e) for i, e in enumerate(errors(batch)) if e is not None]
+        if failed:
+            shown = "; ".join(f"row {i}: {e}" for i, e in failed[:5])
+            more = f" (and {len(failed) - 5} more)" if len(failed) > 5 else ""
+            raise ValueError(f"{len(failed)} of {batch.num_rows} images failed: {shown}{more}")
+    dev = torch.device(device)
+    x = to_torch(batch) if dev.type == "cpu" else next(iter(TorchLoader([batch], device=dev)))
+    return (x, batch) if return_batch else x

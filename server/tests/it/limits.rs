@@ -96,6 +96,7 @@ async fn a_stalled_call_hits_its_deadline_and_releases_everything() {
         cap_bytes: 64 << 20,
         pinned: PinnedMode::Off,
         cuda_device: 0,
+        max_wait: None,
     }));
     let limits = CallLimits {
         call_timeout: Some(Duration::from_millis(400)),

@@ -20,6 +20,7 @@ async fn start(cap_bytes: usize) -> (LoopbackServer, Client, HostBufferPool) {
         cap_bytes,
         pinned: PinnedMode::Off,
         cuda_device: 0,
+        max_wait: None,
     });
     let config = ServerConfig {
         service: ServiceConfig {
