@@ -139,7 +139,7 @@ def _timed(run: Callable[[Iterator[List[bytes]]], Iterator[int]], datas: List[by
 def compare(client: pixelfeed.Client, images: List[Tuple[str, bytes]], seconds: float) -> None:
     """Pillow, Flight and in-process images/s on the same images, imagenet preset, this machine's cores."""
     datas = [d for _, d in images]
-    cores = len(os.sched_getaffinity(0))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     print(f"\nthroughput, imagenet preset (float32 CHW), {cores} cores, {seconds:.0f} s each, batches of {BATCH}:")
     results: List[Tuple[str, Optional[float], str]] = []
 

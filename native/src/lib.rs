@@ -67,6 +67,9 @@ impl Engine {
     ) -> PyResult<Self> {
         let spec = TransformSpec::from_json(spec_json.as_bytes())
             .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        // A spec this build cannot serve (draft without libjpeg-turbo) fails
+        // here, not at the first batch.
+        pixelfeed_engine::resolve_spec(&spec).map_err(|e| PyValueError::new_err(e.to_string()))?;
         let defaults = EngineConfig::default();
         let config = EngineConfig {
             max_pixels: max_pixels.unwrap_or(defaults.max_pixels),
@@ -77,18 +80,18 @@ impl Engine {
             quote_input_bytes: true,
         };
         if config.max_pixels == 0
-            || config.max_aspect_ratio.is_nan()
+            || !config.max_aspect_ratio.is_finite()
             || config.max_aspect_ratio < 1.0
         {
             return Err(PyValueError::new_err(
-                "max_pixels must be positive and max_aspect_ratio at least 1",
+                "max_pixels must be positive and max_aspect_ratio a finite number >= 1",
             ));
         }
-        if !pool_wait_seconds.is_finite() || pool_wait_seconds < 0.0 {
-            return Err(PyValueError::new_err(
-                "pool_wait_seconds must be a finite number >= 0",
-            ));
+        if pool_bytes == Some(0) {
+            return Err(PyValueError::new_err("pool_bytes must be positive"));
         }
+        let max_wait = Duration::try_from_secs_f64(pool_wait_seconds)
+            .map_err(|_| PyValueError::new_err("pool_wait_seconds must be a finite number >= 0"))?;
         let workers = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.unwrap_or(0))
             .thread_name(|i| format!("pixelfeed-engine-{i}"))
@@ -102,7 +105,7 @@ impl Engine {
                 PinnedMode::Off
             },
             cuda_device,
-            max_wait: Some(Duration::from_secs_f64(pool_wait_seconds)),
+            max_wait: Some(max_wait),
         });
         Ok(Self {
             spec,

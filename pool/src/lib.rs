@@ -425,7 +425,7 @@ impl HostBufferPool {
         let class = size_class(len);
         if class > inner.cap_bytes {
             return Err(format!(
-                "an output batch needs {len} bytes, more than the whole pool ({} bytes); use smaller batches or raise --pinned-pool-bytes",
+                "an output batch needs {len} bytes, more than the whole pool ({} bytes); use smaller batches or a larger pool (--pinned-pool-bytes; pool_bytes in Python)",
                 inner.cap_bytes
             ));
         }

@@ -50,29 +50,29 @@ impl FromStr for ListenAddr {
         let invalid = || InvalidListenAddr {
             given: s.to_string(),
         };
-        // `unix://` + an absolute path (so `unix:///x`), or `unix:` + any
-        // path, as gRPC names them.
+        // `unix://` + an absolute path (so `unix:///x`), or `unix:/x`, as
+        // gRPC names them. Relative paths are refused: no client could dial
+        // them (pyarrow's `grpc+unix://` takes absolute paths only).
         let path = s
             .strip_prefix("grpc+unix://")
             .or_else(|| s.strip_prefix("unix://"))
-            .filter(|p| p.starts_with('/'))
             .or_else(|| s.strip_prefix("unix:").filter(|p| !p.starts_with("//")));
         match path {
-            Some("") => Err(invalid()),
-            Some(path) => Ok(Self::Unix(PathBuf::from(path))),
+            Some(path) if path.starts_with('/') && path.len() > 1 => {
+                Ok(Self::Unix(PathBuf::from(path)))
+            }
+            Some(_) => Err(invalid()),
             None => s.parse().map(Self::Tcp).map_err(|_| invalid()),
         }
     }
 }
 
 impl fmt::Display for ListenAddr {
-    /// `HOST:PORT`, `unix:///abs/path` or `unix:relative/path`: forms
-    /// [`FromStr`] reads back.
+    /// `HOST:PORT` or `unix:///abs/path`: forms [`FromStr`] reads back.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Tcp(addr) => addr.fmt(f),
-            Self::Unix(path) if path.is_absolute() => write!(f, "unix://{}", path.display()),
-            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+            Self::Unix(path) => write!(f, "unix://{}", path.display()),
         }
     }
 }
@@ -116,7 +116,7 @@ impl Listener {
             source,
         };
         match addr {
-            ListenAddr::Tcp(at) => TcpListener::bind(at).await.map(Self::Tcp).map_err(failed),
+            ListenAddr::Tcp(at) => crate::serve::bind(*at).await.map(Self::Tcp),
             ListenAddr::Unix(path) => {
                 remove_stale_socket(path).await.map_err(failed)?;
                 let listener = UnixListener::bind(path).map_err(failed)?;
@@ -234,7 +234,6 @@ mod tests {
                 unix("/run/pf.sock"),
                 "unix:///run/pf.sock",
             ),
-            ("unix:pf.sock", unix("pf.sock"), "unix:pf.sock"),
             (
                 "grpc+unix:///run/pf.sock",
                 unix("/run/pf.sock"),
@@ -250,7 +249,9 @@ mod tests {
             "",
             "unix:",
             "unix://",
+            "unix:///",
             "unix://relative",
+            "unix:relative.sock",
             "localhost",
             "tcp://1.2.3.4:5",
             "1.2.3.4",

@@ -8,6 +8,10 @@ the same box and the same images it prints one table:
 - one ``TorchLoader`` (uint8 on the wire, normalised on the GPU) with
   K = 1, 2, 4, 8 streams over TCP, and K = 4 over a Unix socket: images/s
   delivered as CUDA tensors, and that over the engine's images/s;
+- issue #19's DataLoader-style comparison on CPU: ``pixelfeed.Engine`` in
+  this process with ``cores`` threads against torchvision ``decode_jpeg`` +
+  v2 in ``DataLoader(num_workers=cores)``: images/s and CPU-seconds per
+  1000 images (targets: >= 2x images/s, <= 0.5x CPU);
 - a ResNet-50 training step (bf16 autocast, channels_last, batch 256,
   SGD) fed by pixelfeed: images/s and the fraction of wall time the GPU
   waited for data (CUDA events around each step), and the model alone on a
@@ -29,16 +33,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import pathlib
 import subprocess
 import time
-from typing import Callable, Dict, Iterable, List
+from typing import Any, Callable, Dict, Iterable, List
 
 import torch
 import torchvision
 from torchvision.transforms import v2
 
 import pixelfeed
+import pixelfeed.native
 from pixelfeed.torch import TorchLoader
 
 SPEC_U8 = {"preset": "imagenet", "dtype": "uint8", "layout": "hwc", "normalize": None}
@@ -121,6 +127,21 @@ class _Files(torch.utils.data.Dataset):
         return self.tf(torchvision.io.decode_jpeg(data, mode=torchvision.io.ImageReadMode.RGB))
 
 
+def cpu_seconds() -> float:
+    """User + system CPU of this process and its reaped children (DataLoader workers)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def decode_only(batches: Iterable, count: Callable[[Any], int]) -> Dict[str, float]:
+    """images/s and CPU-s per 1000 images of iterating ``batches`` on CPU."""
+    cpu0, t0, n = cpu_seconds(), time.perf_counter(), 0
+    for b in batches:
+        n += count(b)
+    wall = time.perf_counter() - t0
+    return {"ips": n / wall, "cpu_per_1k": (cpu_seconds() - cpu0) * 1000 / n}
+
+
 def _normalised(batches: Iterable[torch.Tensor]) -> Iterable[torch.Tensor]:
     mean = torch.tensor(MEAN, device="cuda").view(1, 3, 1, 1) * 255
     std = torch.tensor(STD, device="cuda").view(1, 3, 1, 1) * 255
@@ -179,6 +200,24 @@ def main() -> None:
     if args.unix:
         ips = drain(loader(args.unix, images, 4, 128))
         row("TorchLoader K=4 over a Unix socket", f"{ips:8,.0f} img/s  {ips / ref:5.2f} x engine")
+
+    # -- in process on CPU: pixelfeed.Engine vs torchvision in a DataLoader (issue #19).
+    if pixelfeed.native.available():
+        spec_u8 = {**SPEC_U8}
+        engine_native = pixelfeed.Engine(spec_u8, threads=cores)
+        chunks = [images[i:i + TRAIN_BATCH] for i in range(0, len(images), TRAIN_BATCH)]
+        native = decode_only(engine_native.stream(chunks), lambda b: b.num_rows)
+        dl = torch.utils.data.DataLoader(_Files(images), batch_size=TRAIN_BATCH, num_workers=cores,
+                                         prefetch_factor=2, persistent_workers=False)
+        tv = decode_only(dl, lambda b: b.shape[0])
+        row(f"pixelfeed.Engine {cores} threads, uint8 224 (CPU only)",
+            f"{native['ips']:8,.0f} img/s  {native['cpu_per_1k']:.2f} cpu-s/1k")
+        row(f"torchvision DataLoader({cores} workers) decode_jpeg+v2 (CPU only)",
+            f"{tv['ips']:8,.0f} img/s  {tv['cpu_per_1k']:.2f} cpu-s/1k")
+        row("  native / DataLoader", f"{native['ips'] / tv['ips']:5.2f}x images/s, "
+            f"{native['cpu_per_1k'] / tv['cpu_per_1k']:5.2f}x CPU per image (targets >= 2, <= 0.5)")
+    else:
+        row("pixelfeed.Engine in process", "skipped: pixelfeed_native not installed (tests/gpu/prepare.sh stages it)")
 
     # -- training step: model alone, pixelfeed, the two torchvision baselines.
     model = torchvision.models.resnet50(weights=None).cuda().to(memory_format=torch.channels_last).train()

@@ -13,6 +13,13 @@ rm -rf .gpu && mkdir -p .gpu/bin .gpu/images
 cp target/release/pixelfeed target/release/examples/rust_gpu_upload target/release/examples/engine_bench .gpu/bin/
 # Debug info makes them ~100 MB each; the device transfer is capped at 64 MiB.
 strip .gpu/bin/*
+# The in-process module (pixelfeed.Engine) as an abi3 wheel for the device's
+# Python; run.sh installs it there without dependencies.
+source scripts/venv.sh
+ensure_venv
+"$PY" -m pip install -q "maturin>=1.7,<2"
+VIRTUAL_ENV="$PIXELFEED_VENV" "$PY" -m maturin build -q --release --strip -m native/Cargo.toml \
+  -o .gpu/wheels $PIXELFEED_FEATURES
 corpus=../shared/corpus/bench/imagenet
 if [ -d "$corpus" ]; then
   cp "$corpus"/*.jpg .gpu/images/

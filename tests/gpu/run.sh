@@ -18,6 +18,8 @@ cd "$(dirname "$0")/../.."
 repeat=${1:-20}
 export PYTHONPATH="$PWD/clients/python${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+python3 -m pip install -q --no-deps --force-reinstall .gpu/wheels/*.whl \
+  || echo "note: the pixelfeed_native wheel did not install; in-process rows will be skipped" >&2
 echo "cores: $(nproc)"
 
 only=${2:-all}

@@ -26,6 +26,7 @@ the pool when the last reference to the batch is dropped.
 from __future__ import annotations
 
 import json
+import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Deque, Dict, Iterable, Iterator, Optional, Sequence, Tuple, Union
@@ -101,9 +102,11 @@ class Engine:
             ``pool_wait_seconds`` for one to be dropped, then raises
             ``MemoryError``.
         pinned: page-lock the pool through CUDA when libcuda and a device
-            are present (``TorchLoader`` then copies to the GPU straight from
-            the block); ``False`` never touches CUDA.
+            are present; ``False`` never touches CUDA.
         cuda_device: the device whose context owns pinned memory.
+
+    An engine belongs to the process that made it: its threads do not
+    survive ``fork`` (a DataLoader worker must make its own).
 
     Raises:
         ImportError: the native module is not installed (says how to build it).
@@ -138,6 +141,7 @@ class Engine:
             cuda_device=cuda_device,
             pool_wait_seconds=pool_wait_seconds,
         )
+        self._pid = os.getpid()
 
     def __repr__(self) -> str:
         return f"pixelfeed.Engine(spec={self.spec!r}, threads={self.threads})"
@@ -176,6 +180,9 @@ class Engine:
         """
         if first_row < 0:
             raise ValueError("first_row must be >= 0")
+        if os.getpid() != self._pid:
+            # Its rayon threads stayed in the parent: the call would wait forever.
+            raise RuntimeError("this pixelfeed.Engine was made before a fork; make one in this process")
         return self._engine.process(as_batch(images), first_row)
 
     def stream(self, batches: Iterable[ImagesLike], *, prefetch: int = 2) -> Iterator[pa.RecordBatch]:
@@ -218,7 +225,7 @@ class _Stream:
             except StopIteration:
                 self._exhausted = True
                 return
-            except BaseException as e:  # the caller's input failed: raise it in order
+            except Exception as e:  # the caller's input failed: raise it in order
                 self._exhausted = True
                 failed: Future = Future()
                 failed.set_exception(e)
@@ -242,12 +249,15 @@ class _Stream:
             raise
 
     def close(self) -> None:
-        """Stop: drop batches not started, wait for the running ones, free their blocks."""
+        """Stop: drop batches not started, wait for the running ones, free their blocks, close the input."""
         self._exhausted = True
         for f in self._pending:
             f.cancel()
         self._pending.clear()
         self._pool.shutdown(wait=True)
+        close_input = getattr(self._batches, "close", None)
+        if close_input is not None:
+            close_input()
 
     def __enter__(self) -> "_Stream":
         return self

@@ -42,6 +42,7 @@ host→device copy completed.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import warnings
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
@@ -364,6 +365,8 @@ class ShardedDataset(torch.utils.data.IterableDataset):
 #: One engine per (spec, threads) for :func:`preprocess_batch`, made on first use.
 _ENGINES: Dict[Tuple[bytes, Optional[int]], Any] = {}
 _ENGINES_LOCK = threading.Lock()
+# A forked child (a DataLoader worker) makes its own: engines' threads stay in the parent.
+os.register_at_fork(after_in_child=_ENGINES.clear)
 
 
 def preprocess_batch(
@@ -377,11 +380,12 @@ def preprocess_batch(
     """Encoded images in, one ``torch.Tensor`` out, in this process: ``(N, *spec shape)``.
 
     The one-call form of :class:`pixelfeed.Engine` (which needs the native
-    module): the engine for ``(spec, threads)`` is made once and kept. On
-    CPU the tensor is a zero-copy view of the engine's output block
+    module): the engine for ``(spec, threads)`` is made once per process and
+    kept. On CPU the tensor is a zero-copy view of the engine's output block
     (read-only memory: ``.clone()`` before in-place changes); on CUDA it is
-    copied to ``device`` once through :class:`TorchLoader` (from the block
-    itself when the pool is page-locked).
+    copied to ``device`` through :class:`TorchLoader`'s page-locked staging
+    (one loader per call: for a stream of batches, use ``TorchLoader`` over
+    :meth:`pixelfeed.Engine.stream` instead).
 
     A row whose image fails would be zeros, so by default any failed row
     raises ``ValueError`` naming the rows and why; with

@@ -242,3 +242,142 @@ async fn dropping_the_stream_cancels_every_call_and_frees_the_blocks() {
     let out = ordered(&client, batches(&[3, 3, 3]), 3).await.unwrap();
     assert_eq!(ids(&out), (0..9).collect::<Vec<_>>());
 }
+
+/// imagenet_train's random resized crop and flips, small uint8 output.
+const RANDOM: &str = r#"{"preset":"imagenet_train","seed":7,"crop":{"mode":"random_resized_crop","height":24,"width":24},"dtype":"uint8","layout":"hwc","normalize":null}"#;
+
+async fn ordered_with(
+    client: &Client,
+    spec: &str,
+    schema: SchemaRef,
+    input: Vec<RecordBatch>,
+    streams: usize,
+) -> Result<Vec<RecordBatch>, ClientError> {
+    client
+        .exchange_ordered(spec, schema, stream::iter(input), streams, 2)
+        .await?
+        .try_collect()
+        .await
+}
+
+#[tokio::test]
+async fn random_draws_do_not_depend_on_the_number_of_calls() {
+    let server = spawn_loopback(ServerConfig::default()).await.unwrap();
+    let client = Client::connect(&server.url()).await.unwrap();
+    let sizes = [4, 3, 5, 2, 6];
+    let one = ordered_with(&client, RANDOM, schema(), batches(&sizes), 1)
+        .await
+        .unwrap();
+    for streams in [2, 3] {
+        let many = ordered_with(&client, RANDOM, schema(), batches(&sizes), streams)
+            .await
+            .unwrap();
+        assert_eq!(many[0].schema(), one[0].schema(), "no seed column left");
+        assert_eq!(row_bytes(&many), row_bytes(&one), "streams={streams}");
+    }
+
+    // The caller's own seed column, with nulls (keyed by position) and
+    // int32 values: same bytes as one call, and the column comes back.
+    let seeded_schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("image", DataType::Binary, true),
+        Field::new("seed", DataType::Int32, true),
+    ]));
+    let seeded: Vec<RecordBatch> = batches(&sizes)
+        .into_iter()
+        .map(|b| {
+            let ids = b.column(0).as_primitive::<Int64Type>();
+            let seeds: arrow_array::Int32Array = ids
+                .values()
+                .iter()
+                .map(|&i| (i % 3 != 0).then_some(-(i as i32) * 1000))
+                .collect();
+            RecordBatch::try_new(
+                Arc::clone(&seeded_schema),
+                vec![
+                    Arc::clone(b.column(0)),
+                    Arc::clone(b.column(1)),
+                    Arc::new(seeds),
+                ],
+            )
+            .unwrap()
+        })
+        .collect();
+    let want_seeds: Vec<ArrayRef> = seeded.iter().map(|b| Arc::clone(b.column(2))).collect();
+    let one = ordered_with(
+        &client,
+        RANDOM,
+        Arc::clone(&seeded_schema),
+        seeded.clone(),
+        1,
+    )
+    .await
+    .unwrap();
+    let many = ordered_with(&client, RANDOM, Arc::clone(&seeded_schema), seeded, 3)
+        .await
+        .unwrap();
+    assert_eq!(row_bytes(&many), row_bytes(&one));
+    let seeds = |out: &[RecordBatch]| -> Vec<Option<i32>> {
+        out.iter()
+            .flat_map(|b| {
+                b.column_by_name("seed")
+                    .unwrap()
+                    .as_primitive::<arrow_array::types::Int32Type>()
+                    .iter()
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let sent: Vec<Option<i32>> = want_seeds
+        .iter()
+        .flat_map(|c| {
+            c.as_primitive::<arrow_array::types::Int32Type>()
+                .iter()
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(
+        seeds(&many),
+        sent,
+        "the caller's seed column, nulls included"
+    );
+    assert_eq!(seeds(&one), sent);
+}
+
+#[tokio::test]
+async fn a_seed_column_the_server_cannot_read_needs_one_call() {
+    let server = spawn_loopback(ServerConfig::default()).await.unwrap();
+    let client = Client::connect(&server.url()).await.unwrap();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("image", DataType::Binary, true),
+        Field::new("seed", DataType::Utf8, true),
+    ]));
+    let err = client
+        .exchange_ordered(SMALL, schema, stream::empty(), 2, 2)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::InvalidArgument(m) if m.contains("seed")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn an_input_stream_that_panics_is_an_error_not_a_short_end() {
+    let server = spawn_loopback(ServerConfig::default()).await.unwrap();
+    let client = Client::connect(&server.url()).await.unwrap();
+    let mut given = 0;
+    let input = stream::iter(batches(&[3, 3, 3])).map(move |b| {
+        given += 1;
+        assert!(given < 3, "the caller's input stream broke");
+        b
+    });
+    let result: Result<Vec<RecordBatch>, ClientError> = client
+        .exchange_ordered(SMALL, schema(), input, 2, 2)
+        .await
+        .unwrap()
+        .try_collect()
+        .await;
+    let err = result.unwrap_err();
+    assert!(err.to_string().contains("panicked"), "{err}");
+}
