@@ -1,5 +1,6 @@
 //! Reading output batches in assertions.
 
+use arrow_array::cast::AsArray as _;
 use arrow_array::{Array, RecordBatch, StringArray};
 
 /// `batches` as one batch (they share a schema; at least one).
@@ -12,6 +13,20 @@ pub fn strings(batch: &RecordBatch, col: &str) -> Vec<Option<String>> {
     let a = batch.column_by_name(col).unwrap();
     let a = a.as_any().downcast_ref::<StringArray>().unwrap();
     a.iter().map(|s| s.map(str::to_string)).collect()
+}
+
+/// The int64 column `col` of every batch, in order.
+pub fn int64s(batches: &[RecordBatch], col: &str) -> Vec<i64> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            b.column_by_name(col)
+                .unwrap_or_else(|| panic!("no column {col}"))
+                .as_primitive::<arrow_array::types::Int64Type>()
+                .values()
+                .to_vec()
+        })
+        .collect()
 }
 
 /// The engine output columns of `got` equal the reference's.

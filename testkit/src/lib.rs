@@ -14,7 +14,7 @@ mod batches;
 mod server;
 mod specs;
 
-pub use batches::{assert_same_output, assert_same_pixels, concat, strings};
+pub use batches::{assert_same_output, assert_same_pixels, concat, int64s, strings};
 #[cfg(feature = "server")]
 pub use server::{spawn_loopback, start, LoopbackServer, Pem, TestCa};
 pub use specs::any_spec;

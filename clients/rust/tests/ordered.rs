@@ -57,15 +57,7 @@ fn batches(sizes: &[usize]) -> Vec<RecordBatch> {
 }
 
 fn ids(out: &[RecordBatch]) -> Vec<i64> {
-    out.iter()
-        .flat_map(|b| {
-            b.column_by_name("id")
-                .unwrap()
-                .as_primitive::<Int64Type>()
-                .values()
-                .to_vec()
-        })
-        .collect()
+    pixelfeed_testkit::int64s(out, "id")
 }
 
 fn row_bytes(out: &[RecordBatch]) -> Vec<Option<Vec<u8>>> {

@@ -78,16 +78,7 @@ async fn run(
 }
 
 fn ids(batches: &[RecordBatch]) -> Vec<i64> {
-    batches
-        .iter()
-        .flat_map(|b| {
-            b.column_by_name("id")
-                .unwrap()
-                .as_primitive::<Int64Type>()
-                .values()
-                .to_vec()
-        })
-        .collect()
+    pixelfeed_testkit::int64s(batches, "id")
 }
 
 fn total_rows(batches: &[RecordBatch]) -> usize {
