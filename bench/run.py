@@ -462,24 +462,31 @@ def build_native(no_build: bool) -> Optional[str]:
     return None
 
 
+def cycled_slices(images: List[bytes]) -> List[Any]:
+    """Every distinct batch of BATCH consecutive images of the endless cycle over ``images``, as
+    zero-copy slices of one ``image: binary`` record batch (as engine_bench builds them)."""
+    import pyarrow as pa
+
+    n = len(images)
+    distinct = n // math.gcd(n, BATCH)
+    table = pa.record_batch({"image": pa.array([images[i % n] for i in range(distinct * BATCH)], pa.binary())})
+    return [table.slice(i * BATCH, BATCH) for i in range(distinct)]
+
+
 #: One engine per spec for the whole run, as a training loop keeps one.
 _ENGINES: Dict[str, Any] = {}
 
 
 def run_native(spec: Dict[str, Any], images: List[bytes], cores: int, cfg: "Config") -> Dict[str, Any]:
     """pixelfeed.Engine in this process, measured as run_engine measures engine_bench."""
-    import pyarrow as pa
-
     import pixelfeed
 
     key = json.dumps(spec, sort_keys=True)
     if key not in _ENGINES:
         _ENGINES[key] = pixelfeed.Engine(spec, threads=cores, pinned=False)
     engine = _ENGINES[key]
-    n = len(images)
-    distinct = n // math.gcd(n, BATCH)
-    table = pa.record_batch({"image": pa.array([images[i % n] for i in range(distinct * BATCH)], pa.binary())})
-    slices = [table.slice(i * BATCH, BATCH) for i in range(distinct)]
+    slices = cycled_slices(images)
+    distinct = len(slices)
 
     def step(k: int) -> None:
         out = engine.process(slices[k % distinct], first_row=k * BATCH)
@@ -546,14 +553,10 @@ def run_flight(server: Server, spec: Dict[str, Any], images: List[bytes], cfg: "
                streams: int = 1) -> Dict[str, Any]:
     """Throughput and latency over Flight; ``streams=1`` is one call on this
     thread (``prefetch=0``), more are ``preprocess(..., streams=N)``."""
-    import pyarrow as pa
-
     import pixelfeed
 
-    n = len(images)
-    distinct = n // math.gcd(n, BATCH)
-    table = pa.record_batch({"image": pa.array([images[i % n] for i in range(distinct * BATCH)], pa.binary())})
-    slices = [table.slice(i * BATCH, BATCH) for i in range(distinct)]
+    slices = cycled_slices(images)
+    distinct = len(slices)
     client = pixelfeed.connect(server.addr)  # as printed: HOST:PORT or unix:///PATH
     how = {"streams": 1, "prefetch": 0} if streams == 1 else {"streams": streams}
     try:

@@ -168,6 +168,13 @@ pub fn jpeg_decoders() -> Vec<&'static str> {
     decoders
 }
 
+/// The `decoders` object of `DoAction("stats")` (and of the in-process
+/// module's `stats()`): `{"jpeg": [...], "jpeg_default": ...}`.
+pub fn decoders_json() -> serde_json::Value {
+    let jpeg = jpeg_decoders();
+    serde_json::json!({"jpeg_default": jpeg[0], "jpeg": jpeg})
+}
+
 /// [`process_batch`](super::process_batch), also returning how long each row
 /// spent in each stage (for latency metrics; the engine itself records
 /// nothing).

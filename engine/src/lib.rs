@@ -81,7 +81,7 @@ mod webp;
 mod write;
 
 pub use alloc::{BlockAllocator, HeapAllocator, TensorBlock};
-pub use batch::{jpeg_decoders, process_batch_timed, resolve_spec};
+pub use batch::{decoders_json, jpeg_decoders, process_batch_timed, resolve_spec};
 pub use pixelfeed_schema::RowErrorKind;
 
 use arrow_array::RecordBatch;

@@ -164,11 +164,10 @@ impl Engine {
     /// Counters as JSON, as the server's `DoAction("stats")`: `pool`
     /// (blocks, bytes, pinned or pageable), `threads`, `decoders`.
     fn stats_json(&self) -> String {
-        let jpeg = pixelfeed_engine::jpeg_decoders();
         serde_json::json!({
             "pool": self.pool.stats().to_json(),
             "threads": self.threads(),
-            "decoders": {"jpeg": jpeg, "jpeg_default": jpeg[0]},
+            "decoders": pixelfeed_engine::decoders_json(),
         })
         .to_string()
     }

@@ -108,7 +108,6 @@ fn presets(_: &ServiceConfig, _: &[u8]) -> Result<Value, Status> {
 }
 
 fn stats(config: &ServiceConfig, _: &[u8]) -> Result<Value, Status> {
-    let jpeg = pixelfeed_engine::jpeg_decoders();
     Ok(json!({
         "pool": config.allocator.stats(),
         "input": {
@@ -116,7 +115,7 @@ fn stats(config: &ServiceConfig, _: &[u8]) -> Result<Value, Status> {
             "max_bytes_in_flight": config.limits.max_input_bytes_in_flight,
         },
         "threads": pixelfeed_engine::worker_threads(),
-        "decoders": {"jpeg": jpeg, "jpeg_default": jpeg[0]},
+        "decoders": pixelfeed_engine::decoders_json(),
     }))
 }
 
