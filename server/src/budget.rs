@@ -1,17 +1,34 @@
 //! The server-wide budget on encoded input bytes in flight
 //! ([`CallLimits::max_input_bytes_in_flight`](crate::CallLimits)).
 //!
-//! Every byte a client sends is charged from the moment its HTTP/2 frame is
+//! A message is charged whole, from the moment its gRPC length prefix is
 //! read ([`MeteredBody`], which the call guard wraps around each request)
-//! until the server is done with the message it belongs to: the input
-//! batch has been through the engine ([`crate::stream::next_input`] hands
-//! the message's [`Charge`] to whoever processes it), or the unary request
-//! has been read. A call whose next frame does not fit waits, holding back
+//! until the server is done with it: the input batch has been through the
+//! engine ([`crate::stream::next_input`] hands the message's [`Charge`] to
+//! whoever processes it), or the unary request has been read. A call whose
+//! next message does not fit waits before reading its body, holding back
 //! its HTTP/2 flow-control window so the client waits too, and fails with
 //! `RESOURCE_EXHAUSTED` when room does not come within the idle timeout.
 //! So however many clients connect, partial messages, decoded input
 //! batches and messages queued for the engine together stay under one cap.
+//!
+//! Two rules keep the waiting deadlock-free:
+//!
+//! - **Whole messages, never parts.** Charging frame by frame let many
+//!   calls each hold part of a message while waiting for room for the
+//!   rest: with 128 clients sending 14 MB messages every call waited on
+//!   every other one until the idle timeout (`bench/rss.py --clients 128`).
+//!   A message's charge is taken at once, so whoever holds one can finish
+//!   receiving it.
+//! - **A call that owes its client output is not made to wait.** A client
+//!   such as pyarrow's blocks in its write and reads nothing until the
+//!   write is taken; if that call also holds output in pool blocks, waiting
+//!   here would pin those blocks while calls holding the budget wait for
+//!   them. Such a message is admitted over the cap (the overdraft makes
+//!   later calls wait longer); each call reads at most a pipeline's depth
+//!   ahead, so the overdraft is bounded by the calls with unsent output.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -20,20 +37,39 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::Notify;
+use tokio::sync::oneshot;
 use tonic::body::Body;
 use tonic::Status;
 
 use crate::watch::{Busy, CallWatch};
 
-/// Bytes in flight across all calls, against a cap.
+/// Bytes in flight across all calls, against a cap. Calls that wait are
+/// served first come, first served: a large message is never passed over
+/// by a stream of smaller ones, and no call waits behind more than the
+/// calls that were already waiting when it came.
 #[derive(Debug)]
 pub(crate) struct InputBudget {
     cap: usize,
-    used: Mutex<usize>,
-    freed: Notify,
+    state: Mutex<BudgetState>,
     /// Mirrors `used` for `/metrics` and the `stats` action.
     gauge: Gauge,
+}
+
+#[derive(Debug, Default)]
+struct BudgetState {
+    /// Bytes charged now (over `cap` while an overdraft is out).
+    used: usize,
+    /// Calls waiting for room, oldest first.
+    waiters: VecDeque<Waiter>,
+    /// Charges given back so far: whether the line moved.
+    releases: u64,
+}
+
+/// A call waiting for `bytes`; granted by sending it its charge.
+#[derive(Debug)]
+struct Waiter {
+    bytes: usize,
+    grant: oneshot::Sender<Charge>,
 }
 
 impl InputBudget {
@@ -41,53 +77,112 @@ impl InputBudget {
     pub(crate) fn new(cap: usize, gauge: Gauge) -> Arc<Self> {
         Arc::new(Self {
             cap,
-            used: Mutex::new(0),
-            freed: Notify::new(),
+            state: Mutex::new(BudgetState::default()),
             gauge,
         })
     }
 
-    /// Takes `bytes` if they fit now.
-    fn try_take(self: &Arc<Self>, bytes: usize) -> Option<Charge> {
-        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
-        if used.saturating_add(bytes) > self.cap {
-            return None;
-        }
-        *used += bytes;
-        self.gauge.set(*used as i64);
-        Some(Charge {
+    fn state(&self) -> std::sync::MutexGuard<'_, BudgetState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A charge of `bytes` already counted in `state.used`.
+    fn charge(self: &Arc<Self>, state: &mut BudgetState, bytes: usize) -> Charge {
+        state.used += bytes;
+        self.gauge.set(state.used as i64);
+        Charge {
             budget: Some(Arc::clone(self)),
             bytes,
-        })
+        }
     }
 
-    /// Takes `bytes`, waiting up to `patience` for room.
+    /// Takes `bytes` if they fit now and nobody is waiting before us.
+    fn try_take(self: &Arc<Self>, bytes: usize) -> Option<Charge> {
+        let mut state = self.state();
+        (state.waiters.is_empty() && state.used.saturating_add(bytes) <= self.cap)
+            .then(|| self.charge(&mut state, bytes))
+    }
+
+    /// Takes `bytes` now, over the cap if need be (later takes wait until
+    /// use is back under it).
+    fn take_now(self: &Arc<Self>, bytes: usize) -> Charge {
+        self.charge(&mut self.state(), bytes)
+    }
+
+    /// Takes `bytes`, waiting in line for room; gives up when nothing at
+    /// all is given back for `patience` (a line that moves, however slowly,
+    /// is the server's pace, which the client's own deadline bounds).
     async fn take(self: Arc<Self>, bytes: usize, patience: Duration) -> Result<Charge, Status> {
-        let wait = async {
-            loop {
-                let freed = self.freed.notified();
-                if let Some(charge) = self.try_take(bytes) {
-                    return charge;
-                }
-                freed.await;
+        let (mut granted, mut releases) = {
+            let mut state = self.state();
+            if state.waiters.is_empty() && state.used.saturating_add(bytes) <= self.cap {
+                return Ok(self.charge(&mut state, bytes));
             }
+            let (grant, granted) = oneshot::channel();
+            state.waiters.push_back(Waiter { bytes, grant });
+            (granted, state.releases)
         };
-        tokio::time::timeout(patience, wait).await.map_err(|_| {
-            Status::resource_exhausted(format!(
-                "the server's budget of {} bytes of input in flight \
-                 (--max-input-bytes-in-flight) stayed full for {:.0} s; retry later",
-                self.cap,
-                patience.as_secs_f64()
-            ))
-        })
+        loop {
+            match tokio::time::timeout(patience, &mut granted).await {
+                Ok(Ok(charge)) => return Ok(charge),
+                // The sender is only dropped with the budget.
+                Ok(Err(_)) => return Err(Status::unavailable("the server is shutting down")),
+                Err(_) => {
+                    let now = self.state().releases;
+                    if now != releases {
+                        releases = now;
+                        continue;
+                    }
+                    break;
+                }
+            }
+        }
+        // Our place in line is given up (a charge granted just now goes
+        // back when the receiver is dropped); whoever is next may fit.
+        drop(granted);
+        self.grant_waiting();
+        Err(Status::resource_exhausted(format!(
+            "the server's budget of {} bytes of input in flight \
+             (--max-input-bytes-in-flight) stayed full, with nothing given back, for {:.0} s; \
+             retry later",
+            self.cap,
+            patience.as_secs_f64()
+        )))
     }
 
-    fn release(&self, bytes: usize) {
-        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
-        *used -= bytes;
-        self.gauge.set(*used as i64);
-        drop(used);
-        self.freed.notify_waiters();
+    fn release(self: &Arc<Self>, bytes: usize) {
+        {
+            let mut state = self.state();
+            state.used -= bytes;
+            state.releases += 1;
+            self.gauge.set(state.used as i64);
+        }
+        self.grant_waiting();
+    }
+
+    /// Grants the waiters at the head of the line that fit now.
+    fn grant_waiting(self: &Arc<Self>) {
+        // Charges a waiter gave up on are dropped after the lock is let go
+        // (dropping one releases it, which takes the lock).
+        let mut returned = Vec::new();
+        {
+            let mut state = self.state();
+            while let Some(front) = state.waiters.front() {
+                if front.grant.is_closed() {
+                    state.waiters.pop_front();
+                    continue;
+                }
+                if state.used.saturating_add(front.bytes) > self.cap {
+                    break;
+                }
+                let waiter = state.waiters.pop_front().expect("checked above");
+                let charge = self.charge(&mut state, waiter.bytes);
+                if let Err(charge) = waiter.grant.send(charge) {
+                    returned.push(charge);
+                }
+            }
+        }
+        drop(returned);
     }
 }
 
@@ -120,49 +215,130 @@ impl Drop for Charge {
     }
 }
 
-/// One call's bytes received and not yet handed on with a whole message.
+/// One call's messages received (or being received) and not yet handed on.
 #[derive(Debug)]
 pub(crate) struct InputMeter {
     budget: Arc<InputBudget>,
-    pending: Mutex<Charge>,
+    queue: Mutex<MeterQueue>,
+}
+
+/// The charges of a call's messages in arrival order, and how many of the
+/// oldest the gRPC decoder has already yielded.
+#[derive(Debug, Default)]
+struct MeterQueue {
+    charges: VecDeque<Charge>,
+    decoded: usize,
 }
 
 impl InputMeter {
     pub(crate) fn new(budget: &Arc<InputBudget>) -> Arc<Self> {
         Arc::new(Self {
             budget: Arc::clone(budget),
-            pending: Mutex::new(Charge::default()),
+            queue: Mutex::new(MeterQueue::default()),
         })
     }
 
-    /// The charge for everything received so far: the message just decoded
-    /// (and, at most, the first frame of the next). Its holder keeps the
-    /// bytes counted until it is done with the message.
-    pub(crate) fn take(&self) -> Charge {
-        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    fn queue(&self) -> std::sync::MutexGuard<'_, MeterQueue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn add(&self, charge: Charge) {
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .absorb(charge);
+    /// Records that the gRPC decoder yielded the call's next message.
+    pub(crate) fn message_decoded(&self) {
+        self.queue().decoded += 1;
+    }
+
+    /// The charge for every message decoded since the last call (one
+    /// input payload may span several messages, e.g. a descriptor-only
+    /// one before it). Its holder keeps the bytes counted until it is done
+    /// with them; messages still arriving keep their own charges.
+    pub(crate) fn take(&self) -> Charge {
+        let mut queue = self.queue();
+        let n = queue.decoded.min(queue.charges.len());
+        queue.decoded = 0;
+        let mut taken = Charge::default();
+        for charge in queue.charges.drain(..n) {
+            taken.absorb(charge);
+        }
+        taken
+    }
+
+    fn push(&self, charge: Charge) {
+        self.queue().charges.push_back(charge);
     }
 }
 
-/// A request body that charges every data frame to its call's
-/// [`InputMeter`], waiting for room (see the module docs).
+/// Where a request body is in gRPC's message framing: each message is a
+/// 5-byte prefix (a compression flag, then its length as a big-endian u32)
+/// and that many bytes.
+#[derive(Debug, Default)]
+struct Framing {
+    prefix: [u8; 5],
+    prefix_len: usize,
+    body_left: usize,
+}
+
+/// A message whose prefix was read in a frame: its size on the wire
+/// (prefix included) and whether it also ends in that frame.
+#[derive(Debug, PartialEq, Eq)]
+struct Started {
+    bytes: usize,
+    ends_in_frame: bool,
+}
+
+impl Framing {
+    /// Walks one frame's bytes and returns the messages whose prefix
+    /// completes in it, in order.
+    fn scan(&mut self, mut data: &[u8]) -> Vec<Started> {
+        let mut started: Vec<Started> = Vec::new();
+        while !data.is_empty() {
+            if self.body_left > 0 {
+                let n = self.body_left.min(data.len());
+                self.body_left -= n;
+                data = &data[n..];
+                if self.body_left == 0 {
+                    if let Some(last) = started.last_mut() {
+                        last.ends_in_frame = true;
+                    }
+                }
+                continue;
+            }
+            let n = (5 - self.prefix_len).min(data.len());
+            self.prefix[self.prefix_len..self.prefix_len + n].copy_from_slice(&data[..n]);
+            self.prefix_len += n;
+            data = &data[n..];
+            if self.prefix_len == 5 {
+                self.prefix_len = 0;
+                let len = u32::from_be_bytes([
+                    self.prefix[1],
+                    self.prefix[2],
+                    self.prefix[3],
+                    self.prefix[4],
+                ]) as usize;
+                self.body_left = len;
+                started.push(Started {
+                    bytes: 5 + len,
+                    ends_in_frame: len == 0,
+                });
+            }
+        }
+        started
+    }
+}
+
+/// A request body that charges each message to its call's [`InputMeter`]
+/// as its prefix arrives, waiting for room (see the module docs).
 pub(crate) struct MeteredBody {
     inner: Body,
     meter: Arc<InputMeter>,
+    framing: Framing,
     /// Marks the call busy while it waits on the budget, which is not the
-    /// client's stall.
+    /// client's stall, and tells whether the call owes its client output.
     watch: Option<Arc<CallWatch>>,
     patience: Duration,
     waiting: Option<Waiting>,
 }
 
-/// A frame read but not yet paid for.
+/// A frame read whose last message is not yet paid for.
 struct Waiting {
     frame: Frame<bytes::Bytes>,
     charge: BoxFuture<'static, Result<Charge, Status>>,
@@ -179,6 +355,7 @@ impl MeteredBody {
         Self {
             inner,
             meter,
+            framing: Framing::default(),
             watch,
             patience,
             waiting: None,
@@ -198,7 +375,7 @@ impl HttpBody for MeteredBody {
             let charge = std::task::ready!(waiting.charge.as_mut().poll(cx));
             let Waiting { frame, .. } = self.waiting.take().expect("checked above");
             return Poll::Ready(Some(charge.map(|charge| {
-                self.meter.add(charge);
+                self.meter.push(charge);
                 frame
             })));
         }
@@ -206,15 +383,40 @@ impl HttpBody for MeteredBody {
         let Some(Ok(frame)) = frame else {
             return Poll::Ready(frame);
         };
-        let bytes = frame.data_ref().map_or(0, bytes::Bytes::len);
-        if let Some(charge) = self.meter.budget.try_take(bytes) {
-            self.meter.add(charge);
+        let Some(data) = frame.data_ref() else {
+            return Poll::Ready(Some(Ok(frame)));
+        };
+        let mut started = self.framing.scan(data);
+        // A message that ends in this frame is already in memory whole:
+        // charged at once. Only one still arriving can be waited for.
+        let arriving = started
+            .last()
+            .is_some_and(|m| !m.ends_in_frame)
+            .then(|| started.pop().expect("checked above"));
+        let budget = Arc::clone(&self.meter.budget);
+        for message in started {
+            self.meter
+                .push(budget.take_now(message.bytes.min(budget.cap)));
+        }
+        let Some(arriving) = arriving else {
+            return Poll::Ready(Some(Ok(frame)));
+        };
+        // tonic refuses a message over --max-message-bytes (itself at most
+        // the cap) on its prefix; the clamp only keeps that from waiting.
+        let bytes = arriving.bytes.min(budget.cap);
+        let owes_output = self.watch.as_ref().is_some_and(|w| w.owes_output());
+        let charge = if owes_output {
+            Some(budget.take_now(bytes))
+        } else {
+            budget.try_take(bytes)
+        };
+        if let Some(charge) = charge {
+            self.meter.push(charge);
             return Poll::Ready(Some(Ok(frame)));
         }
-        let take = Arc::clone(&self.meter.budget).take(bytes, self.patience);
         self.waiting = Some(Waiting {
             frame,
-            charge: Box::pin(take),
+            charge: Box::pin(budget.take(bytes, self.patience)),
             _busy: self.watch.as_ref().map(CallWatch::busy),
         });
         self.poll_frame(cx)
@@ -234,7 +436,7 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn charges_wait_for_room_and_give_up_after_their_patience() {
+    async fn charges_wait_in_line_for_room_and_give_up_when_nothing_moves() {
         let gauge = Gauge::default();
         let budget = InputBudget::new(100, gauge.clone());
         let first = budget.try_take(60).unwrap();
@@ -243,6 +445,8 @@ mod tests {
         let waiter = tokio::spawn(Arc::clone(&budget).take(50, Duration::from_secs(5)));
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(!waiter.is_finished());
+        // 10 bytes fit, but a call is waiting: nobody jumps the line.
+        assert!(budget.try_take(10).is_none());
         drop(first);
         let second = waiter.await.unwrap().unwrap();
         assert_eq!(gauge.get(), 50);
@@ -257,5 +461,177 @@ mod tests {
         assert_eq!(gauge.get(), 60);
         drop(merged);
         assert_eq!(gauge.get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_big_message_is_not_passed_over_and_a_moving_line_is_not_refused() {
+        let budget = InputBudget::new(100, Gauge::default());
+        let held: Vec<Charge> = (0..4).map(|_| budget.try_take(25).unwrap()).collect();
+        let big = tokio::spawn(Arc::clone(&budget).take(80, Duration::from_secs(5)));
+        tokio::task::yield_now().await;
+        let small = tokio::spawn(Arc::clone(&budget).take(10, Duration::from_secs(5)));
+        let mut held = held.into_iter();
+        // One charge back every 4 s: the line moves, slower than the
+        // patience, and neither waiter is refused.
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            drop(held.next());
+            assert!(!big.is_finished() && !small.is_finished());
+        }
+        drop(held.next());
+        let big = big.await.unwrap().unwrap();
+        // 80 + 10 fit in 100: the small one came second and is served now.
+        let small = small.await.unwrap().unwrap();
+        drop((big, small));
+        assert_eq!(budget.state().used, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_that_gives_up_leaks_nothing_and_lets_the_next_in() {
+        let budget = InputBudget::new(100, Gauge::default());
+        let held = budget.try_take(60).unwrap();
+        let impatient = tokio::spawn(Arc::clone(&budget).take(50, Duration::from_secs(1)));
+        tokio::task::yield_now().await;
+        let patient = tokio::spawn(Arc::clone(&budget).take(30, Duration::from_secs(60)));
+        let refused = impatient.await.unwrap().unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        // 60 + 30 fit once the one ahead is gone.
+        let patient = patient.await.unwrap().unwrap();
+        drop((held, patient));
+        assert_eq!(budget.state().used, 0);
+        assert!(budget.state().waiters.is_empty());
+    }
+
+    #[test]
+    fn an_overdraft_counts_against_the_cap_until_given_back() {
+        let budget = InputBudget::new(100, Gauge::default());
+        let held = budget.try_take(90).unwrap();
+        let over = budget.take_now(50);
+        assert_eq!(budget.state().used, 140);
+        assert!(budget.try_take(1).is_none(), "over the cap");
+        drop(held);
+        assert!(budget.try_take(60).is_none(), "the overdraft still counts");
+        drop(over);
+        assert!(budget.try_take(100).is_some());
+    }
+
+    fn prefix(len: u32) -> Vec<u8> {
+        let mut p = vec![0u8];
+        p.extend_from_slice(&len.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn framing_finds_each_message_once_wherever_the_frames_cut() {
+        // Message A (3 bytes), an empty one, message B (10 bytes).
+        let mut wire = prefix(3);
+        wire.extend_from_slice(b"abc");
+        wire.extend(prefix(0));
+        wire.extend(prefix(10));
+        wire.extend_from_slice(b"0123456789");
+        let whole = Framing::default().scan(&wire);
+        let ends = |bytes, ends_in_frame| Started {
+            bytes,
+            ends_in_frame,
+        };
+        assert_eq!(whole, vec![ends(8, true), ends(5, true), ends(15, true)]);
+        // Cut everywhere, including inside the prefixes.
+        for cut in 1..wire.len() {
+            let mut framing = Framing::default();
+            let mut found = framing.scan(&wire[..cut]);
+            let rest = framing.scan(&wire[cut..]);
+            found.extend(rest);
+            let sizes: Vec<usize> = found.iter().map(|m| m.bytes).collect();
+            assert_eq!(sizes, vec![8, 5, 15], "cut at {cut}");
+        }
+        // A message whose body continues past the frame does not end in it.
+        let mut framing = Framing::default();
+        assert_eq!(
+            framing.scan(&wire[..13]),
+            vec![ends(8, true), ends(5, true)]
+        );
+        assert_eq!(framing.scan(&wire[13..20]), vec![ends(15, false)]);
+        assert_eq!(framing.scan(&wire[20..]), vec![]);
+    }
+
+    #[test]
+    fn the_meter_hands_on_the_charges_of_decoded_messages_only() {
+        let budget = InputBudget::new(1000, Gauge::default());
+        let meter = InputMeter::new(&budget);
+        meter.push(budget.try_take(10).unwrap());
+        meter.push(budget.try_take(20).unwrap());
+        meter.push(budget.try_take(40).unwrap());
+        assert_eq!(meter.take().bytes, 0, "nothing decoded yet");
+        meter.message_decoded();
+        meter.message_decoded();
+        let first_two = meter.take();
+        assert_eq!(first_two.bytes, 30);
+        drop(first_two);
+        assert_eq!(
+            budget.state().used,
+            40,
+            "the message still arriving keeps its charge"
+        );
+        meter.message_decoded();
+        assert_eq!(meter.take().bytes, 40);
+        assert_eq!(budget.state().used, 0);
+    }
+
+    /// A request body that yields `frames` as data frames.
+    struct Frames(std::collections::VecDeque<bytes::Bytes>);
+
+    impl HttpBody for Frames {
+        type Data = bytes::Bytes;
+        type Error = Status;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    /// A body whose one frame starts a 50-byte message (its prefix and 10
+    /// of its 45 bytes), for a call watched by `watch`.
+    fn starting_message(meter: &Arc<InputMeter>, watch: &Arc<CallWatch>) -> MeteredBody {
+        let mut frame = prefix(45);
+        frame.extend_from_slice(&[7; 10]);
+        MeteredBody::new(
+            Body::new(Frames([bytes::Bytes::from(frame)].into())),
+            Arc::clone(meter),
+            Some(Arc::clone(watch)),
+            Duration::from_secs(5),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_that_owes_its_client_output_is_not_made_to_wait() {
+        let budget = InputBudget::new(100, Gauge::default());
+        let full = budget.try_take(100).unwrap();
+        let next_frame = |mut body: MeteredBody| async move {
+            std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+        };
+
+        // Owing nothing, the call waits for room for the whole message.
+        let meter = InputMeter::new(&budget);
+        let watch = CallWatch::new(Duration::from_secs(30), Some(Arc::clone(&meter)));
+        let waiting = tokio::spawn(next_frame(starting_message(&meter, &watch)));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!waiting.is_finished());
+        waiting.abort();
+        assert!(waiting.await.unwrap_err().is_cancelled());
+
+        // Owing its client a batch (whose client may be blocked in this
+        // very write), it is admitted over the cap at once.
+        let meter = InputMeter::new(&budget);
+        let watch = CallWatch::new(Duration::from_secs(30), Some(Arc::clone(&meter)));
+        let owed = watch.unsent_output();
+        let frame = next_frame(starting_message(&meter, &watch)).await;
+        assert!(frame.unwrap().unwrap().is_data());
+        assert_eq!(budget.state().used, 150, "the whole message is charged");
+        meter.message_decoded();
+        drop((meter.take(), owed, full));
+        assert_eq!(budget.state().used, 0);
     }
 }

@@ -45,7 +45,7 @@ use crate::budget::Charge;
 use crate::config::ServiceConfig;
 use crate::metrics::{self, Metrics};
 use crate::split::split_rows;
-use crate::watch::CallWatch;
+use crate::watch::{CallWatch, Unsent};
 
 /// Processed batches allowed to wait between the engine and the sender.
 pub const PIPELINE_DEPTH: usize = 2;
@@ -57,9 +57,9 @@ pub type FlightDataStream = BoxStream<'static, Result<FlightData, Status>>;
 pub(crate) enum Output {
     /// The output schema, sent once, first.
     Schema(SchemaRef),
-    /// One processed input batch, whole, and when it left the engine (the
-    /// start of its `send` stage).
-    Batch(RecordBatch, Instant),
+    /// One processed input batch, whole, when it left the engine (the
+    /// start of its `send` stage), and the mark that the client is owed it.
+    Batch(RecordBatch, Instant, Unsent),
 }
 
 /// One item of the producer-to-sender channel.
@@ -163,10 +163,13 @@ impl Stream for AbortOnDrop {
 /// `tally`'s next row, which keys the random draws), gives the output the
 /// announced `schema`, records it in the metrics and the call span, and
 /// sends it. `Ok(false)` when the response stream is gone (the client
-/// disconnected): the caller stops.
+/// disconnected): the caller stops. The input's budget `charge` is given
+/// back when the engine is done with the batch, before the send waits on
+/// the client (see [`crate::budget`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn process_and_send(
     batch: RecordBatch,
+    charge: Charge,
     tally: &mut Tally,
     spec: &Arc<TransformSpec>,
     config: &Arc<ServiceConfig>,
@@ -190,6 +193,7 @@ pub(crate) async fn process_and_send(
     let busy = watch.busy();
     let (out, report) = process(batch, first_row, Arc::clone(spec), Arc::clone(config)).await?;
     drop(busy);
+    drop(charge);
     let out = conform(out, schema)?;
     config
         .metrics
@@ -202,7 +206,11 @@ pub(crate) async fn process_and_send(
     span.record("rows", tally.rows);
     span.record("errors", tally.errors);
     let sent = tx
-        .send(Ok(Output::Batch(out, Instant::now())))
+        .send(Ok(Output::Batch(
+            out,
+            Instant::now(),
+            watch.unsent_output(),
+        )))
         .await
         .is_ok();
     if !sent {
@@ -300,12 +308,23 @@ fn conform(out: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, Status> 
 /// descriptor) then the rest. Messages with neither header nor body are
 /// dropped: pyarrow opens a stream with one that carries only the
 /// descriptor, which arrow-rs's decoder would reject.
-pub(crate) fn input_decoder<S>(first: FlightData, rest: S) -> FlightDataDecoder
+pub(crate) fn input_decoder<S>(
+    first: FlightData,
+    rest: S,
+    watch: &Arc<CallWatch>,
+) -> FlightDataDecoder
 where
     S: Stream<Item = Result<FlightData, Status>> + Send + 'static,
 {
+    // Each message tonic yields is counted, so the budget charges handed on
+    // with a payload are exactly those of the messages it was decoded from.
+    watch.message_decoded();
+    let watch = Arc::clone(watch);
     let messages = stream::once(ready(Ok(first)))
-        .chain(rest.map_err(FlightError::from))
+        .chain(
+            rest.inspect_ok(move |_| watch.message_decoded())
+                .map_err(FlightError::from),
+        )
         .try_filter(|m| ready(!(m.data_header.is_empty() && m.data_body.is_empty())));
     FlightDataDecoder::new(messages)
 }
@@ -427,7 +446,7 @@ fn respond(
             .boxed(),
             Some(Ok(Output::Schema(schema))) => {
                 let batches = ReceiverStream::new(rx).flat_map(move |item| match item {
-                    Ok(Output::Batch(batch, produced)) => {
+                    Ok(Output::Batch(batch, produced, unsent)) => {
                         let slices = split_rows(&batch, target).into_iter().map(Ok);
                         // Polled once the encoder wants the next batch, i.e.
                         // when every message of this one was handed on
@@ -435,6 +454,7 @@ fn respond(
                         let metrics = Arc::clone(&metrics);
                         let sent = stream::once(async move {
                             metrics.record_send(produced.elapsed());
+                            drop(unsent);
                         })
                         .filter_map(|()| ready(None));
                         stream::iter(slices).chain(sent).boxed()

@@ -27,6 +27,8 @@ pub(crate) struct CallWatch {
     last_ms: AtomicU64,
     /// Batches in the engine (or other server-side work) right now.
     busy: AtomicUsize,
+    /// Processed batches not yet wholly handed to the transport.
+    unsent: AtomicUsize,
     cancel: CancellationToken,
     idle: Duration,
     /// The call's input bytes not yet handed on (none without the guard).
@@ -41,6 +43,7 @@ impl CallWatch {
             started: Instant::now(),
             last_ms: AtomicU64::new(0),
             busy: AtomicUsize::new(0),
+            unsent: AtomicUsize::new(0),
             cancel: CancellationToken::new(),
             idle,
             meter,
@@ -57,6 +60,28 @@ impl CallWatch {
     /// [`InputMeter::take`]); nothing for a call without the guard.
     pub(crate) fn input_charge(&self) -> Charge {
         self.meter.as_ref().map(|m| m.take()).unwrap_or_default()
+    }
+
+    /// Records that the gRPC decoder yielded the call's next input message
+    /// (its charge is handed on with the next [`Self::input_charge`]).
+    pub(crate) fn message_decoded(&self) {
+        if let Some(meter) = &self.meter {
+            meter.message_decoded();
+        }
+    }
+
+    /// Marks a processed batch as owed to the client until the guard drops
+    /// (when its last message is handed to the transport).
+    pub(crate) fn unsent_output(self: &Arc<Self>) -> Unsent {
+        self.unsent.fetch_add(1, Ordering::AcqRel);
+        Unsent(Arc::clone(self))
+    }
+
+    /// Whether the call holds output its client has not taken yet, so a
+    /// client that writes before it reads may be blocked on this call's
+    /// input (see [`crate::budget`]).
+    pub(crate) fn owes_output(&self) -> bool {
+        self.unsent.load(Ordering::Acquire) > 0
     }
 
     /// Records progress now.
@@ -124,6 +149,17 @@ impl Drop for Busy {
     fn drop(&mut self) {
         self.0.touch();
         self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A processed batch not yet handed to the transport (see
+/// [`CallWatch::unsent_output`]).
+#[derive(Debug)]
+pub(crate) struct Unsent(Arc<CallWatch>);
+
+impl Drop for Unsent {
+    fn drop(&mut self) {
+        self.0.unsent.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -120,10 +120,11 @@ pub(crate) struct OpsArgs {
     #[arg(long, default_value = "30", value_parser = seconds)]
     pub(crate) idle_timeout: Duration,
 
-    /// Most encoded input bytes in flight across all calls: received and
-    /// not yet through the engine. Calls whose next bytes do not fit wait,
-    /// then fail with RESOURCE_EXHAUSTED after --idle-timeout. At least
-    /// --max-message-bytes.
+    /// Most encoded input bytes in flight across all calls: messages
+    /// received (charged whole from their first bytes) and not yet through
+    /// the engine. Calls whose next message does not fit wait in line, and
+    /// fail with RESOURCE_EXHAUSTED when nothing is given back for
+    /// --idle-timeout. At least --max-message-bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_INPUT_BYTES_IN_FLIGHT, value_parser = positive_usize)]
     pub(crate) max_input_bytes_in_flight: usize,
 

@@ -48,7 +48,7 @@ where
     record_spec(&spec);
     let spec = Arc::new(spec);
     watch.touch();
-    let decoder = input_decoder(first, input);
+    let decoder = input_decoder(first, input, &watch);
     Ok(spawn_pipeline(
         &Arc::clone(&config),
         "exchange",
@@ -96,7 +96,7 @@ async fn pump(
     let mut schema: Option<SchemaRef> = None;
     let mut tally = Tally::starting_at(0);
     while let Some(payload) = next_input(&mut decoder, &watch).await {
-        let (payload, _charge) = payload?;
+        let (payload, charge) = payload?;
         match payload {
             // A message with only app_metadata: nothing to process.
             DecodedPayload::None => {}
@@ -141,7 +141,10 @@ async fn pump(
                         batch.num_rows()
                     )));
                 }
-                if !process_and_send(batch, &mut tally, &spec, &config, schema, &watch, &tx).await?
+                if !process_and_send(
+                    batch, charge, &mut tally, &spec, &config, schema, &watch, &tx,
+                )
+                .await?
                 {
                     return Ok(());
                 }

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use super::dataset_status;
+use crate::budget::Charge;
 use crate::config::ServiceConfig;
 use crate::stream::{
     process_and_send, record_spec, servable, spawn_pipeline, FlightDataStream, Output,
@@ -108,7 +109,18 @@ async fn pump_shard(
         };
         drop(busy);
         let batch = batch.map_err(dataset_status)?;
-        if !process_and_send(batch, &mut tally, &spec, &config, &schema, &watch, &tx).await? {
+        if !process_and_send(
+            batch,
+            Charge::default(),
+            &mut tally,
+            &spec,
+            &config,
+            &schema,
+            &watch,
+            &tx,
+        )
+        .await?
+        {
             return Ok(());
         }
     }

@@ -59,7 +59,7 @@ pub(crate) async fn do_put(
     let registry = &config.datasets.registry;
     registry.check_free(&name, &uri).map_err(dataset_status)?;
 
-    let mut decoder = input_decoder(first, input);
+    let mut decoder = input_decoder(first, input, &watch);
     let mut schema: Option<SchemaRef> = None;
     let datasets = &config.datasets;
     // Only a file this server wrote for an upload of this name is replaced.
