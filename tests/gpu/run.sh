@@ -7,7 +7,9 @@
 # streams the images to the GPU through the Rust DeviceUploader and through
 # the Python TorchLoader while a randomly initialised torchvision ResNet-50
 # runs bf16 inference on the stream, and prints images/s, H2D GB/s and the
-# fraction of time the GPU waited for data; then tests/gpu/feed_sweep.py
+# fraction of time the GPU waited for data; checks that pixelfeed.Engine's
+# pinned blocks reach the GPU with no staging copy (tests/gpu/native_direct.py);
+# then tests/gpu/feed_sweep.py
 # (issue #18's table: engine at all cores and its straggler cost, one
 # TorchLoader with K = 1/2/4/8 streams over TCP and a Unix socket, a
 # ResNet-50 training step fed by pixelfeed and by the two torchvision
@@ -56,6 +58,10 @@ fi
 
 echo "== pytest: CPU and CUDA handoff tests that need torch (skipped in CI)"
 PIXELFEED_BIN=.gpu/bin/pixelfeed timeout 120 python3 -m pytest -q -p no:cacheprovider tests/python/test_gpu_handoff.py tests/python/test_client.py -k "torch" -rs
+
+echo "== pixelfeed.Engine in process -> TorchLoader: pinned blocks uploaded with no staging copy"
+timeout 120 python3 tests/gpu/native_direct.py --images .gpu/images \
+  || echo "native_direct failed (or pixelfeed_native is not installed)" >&2
 
 echo "== Rust DeviceUploader"
 timeout 120 .gpu/bin/rust_gpu_upload --server "$location" --images .gpu/images --repeat "$repeat" --batch-size 128

@@ -143,7 +143,16 @@ class _Convert:
 
 
 class _CudaStager:
-    """Runs on the staging thread: one group of output pieces → its tensor on the GPU, and an event."""
+    """Runs on the staging thread: one group of output pieces → its tensor on the GPU, and an event.
+
+    A group that is one piece in page-locked memory (a block of
+    :class:`pixelfeed.Engine`'s pinned pool) is copied to the GPU straight
+    from it, with no staging copy; the piece is then held until that copy is
+    done, since dropping it returns the block to the engine for the next
+    batch. Anything else (Flight output in gRPC's pageable buffers, several
+    pieces to gather, failed rows to leave out) is gathered into reused
+    pinned staging buffers.
+    """
 
     def __init__(self, device: "torch.device", convert: _Convert, valid_only: bool) -> None:
         self.device = device
@@ -152,7 +161,9 @@ class _CudaStager:
         self.stream = torch.cuda.Stream(device=device)
         self.staging: List[Optional["torch.Tensor"]] = [None, None]  # reused pinned host buffers
         self.copied: List[Optional["torch.cuda.Event"]] = [None, None]  # H2D copy done, per buffer
+        self.held: List[Optional[List[pa.RecordBatch]]] = [None, None]  # pieces copied from directly, per slot
         self.slot = 0
+        self.direct_uploads = 0  # groups copied straight from page-locked output
 
     def __call__(self, group: List[pa.RecordBatch]) -> Tuple["torch.Tensor", "torch.cuda.Event", pa.RecordBatch, int]:
         batch = _merge(group)
@@ -165,23 +176,30 @@ class _CudaStager:
         slot = self.slot
         self.slot ^= 1
         if self.copied[slot] is not None:
-            # The copy out of this buffer two batches ago must be done before
-            # the CPU overwrites (or frees) it.
+            # The copy out of this slot two batches ago must be done before
+            # the CPU overwrites its staging buffer or gives back its pieces.
             self.copied[slot].synchronize()
-        buf = self.staging[slot]
-        if buf is None or buf.numel() < numel or buf.dtype != dtype:
-            buf = torch.empty(max(numel, 1), dtype=dtype, pin_memory=True)
-            self.staging[slot] = buf
-        pinned = buf[:numel].view(rows, *row_shape)
-        offset = 0
-        for h, k in zip(hosts, keep):  # gather the pieces: the one CPU copy of this path
-            if k is None or k.all():
-                pinned[offset : offset + h.shape[0]].copy_(h)
-                offset += h.shape[0]
-            else:
-                rows_kept = np.flatnonzero(k)
-                torch.index_select(h, 0, torch.from_numpy(rows_kept), out=pinned[offset : offset + rows_kept.size])
-                offset += rows_kept.size
+        self.held[slot] = None
+        whole = keep[0] is None or bool(keep[0].all())
+        if len(hosts) == 1 and whole and hosts[0].is_pinned():
+            pinned = hosts[0]
+            self.held[slot] = group
+            self.direct_uploads += 1
+        else:
+            buf = self.staging[slot]
+            if buf is None or buf.numel() < numel or buf.dtype != dtype:
+                buf = torch.empty(max(numel, 1), dtype=dtype, pin_memory=True)
+                self.staging[slot] = buf
+            pinned = buf[:numel].view(rows, *row_shape)
+            offset = 0
+            for h, k in zip(hosts, keep):  # gather the pieces: the one CPU copy of this path
+                if k is None or k.all():
+                    pinned[offset : offset + h.shape[0]].copy_(h)
+                    offset += h.shape[0]
+                else:
+                    rows_kept = np.flatnonzero(k)
+                    torch.index_select(h, 0, torch.from_numpy(rows_kept), out=pinned[offset : offset + rows_kept.size])
+                    offset += rows_kept.size
         with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
             dev = torch.empty((rows, *row_shape), dtype=dtype, device=self.device)
             dev.copy_(pinned, non_blocking=True)
@@ -262,6 +280,10 @@ class TorchLoader:
         self._convert = _Convert(normalize, channels_last, dtype)
         #: Bytes copied host -> device so far (CUDA only).
         self.h2d_bytes = 0
+        #: Batches copied to the device straight from page-locked output
+        #: (an in-process :class:`pixelfeed.Engine`'s pinned pool), with no
+        #: staging copy (CUDA only).
+        self.direct_uploads = 0
 
     @classmethod
     def from_client(
@@ -319,6 +341,7 @@ class TorchLoader:
         )
         try:
             for dev, ready, batch, nbytes in staged:
+                self.direct_uploads = stager.direct_uploads
                 consumer = torch.cuda.current_stream(dev.device)
                 consumer.wait_event(ready)
                 # The tensor was allocated on the copy stream; tell the caching
@@ -383,9 +406,11 @@ def preprocess_batch(
     module): the engine for ``(spec, threads)`` is made once per process and
     kept. On CPU the tensor is a zero-copy view of the engine's output block
     (read-only memory: ``.clone()`` before in-place changes); on CUDA it is
-    copied to ``device`` through :class:`TorchLoader`'s page-locked staging
-    (one loader per call: for a stream of batches, use ``TorchLoader`` over
-    :meth:`pixelfeed.Engine.stream` instead).
+    copied to ``device`` by :class:`TorchLoader`: straight from the output
+    block when the engine's pool is page-locked (CUDA present, the default),
+    else through its pinned staging (one loader per call: for a stream of
+    batches, use ``TorchLoader`` over :meth:`pixelfeed.Engine.stream`
+    instead).
 
     A row whose image fails would be zeros, so by default any failed row
     raises ``ValueError`` naming the rows and why; with
