@@ -401,8 +401,10 @@ impl HttpBody for MeteredBody {
         let Some(arriving) = arriving else {
             return Poll::Ready(Some(Ok(frame)));
         };
-        // tonic refuses a message over --max-message-bytes (itself at most
-        // the cap) on its prefix; the clamp only keeps that from waiting.
+        // A prefix may claim more than the whole budget: such a message
+        // waits for the budget to empty, never for room that cannot come,
+        // and tonic then refuses it (over --max-message-bytes, itself at
+        // most the cap) before reading its body.
         let bytes = arriving.bytes.min(budget.cap);
         let owes_output = self.watch.as_ref().is_some_and(|w| w.owes_output());
         let charge = if owes_output {

@@ -3,12 +3,11 @@
 Twelve clients (pyarrow underneath: a call's thread blocks in its write and
 reads nothing until the write is taken) each keep two batches of about
 4.8 MB in flight, against a budget of 12 MiB (two and a half such
-messages) and an output pool of three 9.6 MB blocks. Some clients run three calls over one
-connection. Charging input frame by frame let every call hold part of a
-message and wait for room for the rest, and calls that owed their client
-output pinned pool blocks that the calls holding the budget waited for:
-both stalled every call until the idle timeout. Every row must come back,
-in order, and the budget must be empty afterwards.
+messages) and an output pool of three 9.6 MB blocks. Some clients run
+three calls over one connection. Charging input frame by frame let every
+call hold part of a message and wait for room for the rest, which stalled
+every call until the idle timeout. Every row must come back, in order, and
+the budget and pool must be empty afterwards.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ from __future__ import annotations
 import io
 import json
 import threading
-import time
 from typing import List
 
 import numpy as np
@@ -92,20 +90,18 @@ def test_more_clients_than_the_budget_holds_all_finish():
             finally:
                 client.close()
 
-        started = time.monotonic()
+        # A stall ends calls with RESOURCE_EXHAUSTED once nothing is given
+        # back for the 10 s idle timeout: a failure below.
         threads = [threading.Thread(target=worker, args=(i,)) for i in range(CLIENTS)]
         for t in threads:
             t.start()
         for t in threads:
             t.join(120)
-        took = time.monotonic() - started
         assert not any(t.is_alive() for t in threads), "clients still running after 120 s"
         assert not failures, "\n".join(failures[:5])
         for i in range(CLIENTS):
             first = i * BATCHES * ROWS
             assert ids[i] == list(range(first, first + BATCHES * ROWS)), f"client {i} rows out of order or lost"
-        # A stall would have ended calls at the 10 s idle timeout.
-        assert took < 60, took
         stats = _stats(server.location)
         assert stats["input"]["bytes_in_flight"] == 0, stats["input"]
         assert stats["pool"]["blocks_in_use"] == 0, stats["pool"]
