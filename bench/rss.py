@@ -9,7 +9,8 @@ RSS (VmHWM) is compared with its output-pool cap + 256 MiB.
 
 Every client runs one DoExchange that streams batches of 32 images back to
 back for --seconds (the Python client keeps 2 batches in flight). Prints
-one JSON line: rows, images/s, peak RSS, the pool's own counters, and
+one JSON line: rows, images/s, the fewest rows one client got (0 would be a
+starved client), peak RSS, the pool's own counters, and
 whether the peak stayed under the budget. Exit status 1 when it did not.
 """
 
@@ -115,7 +116,7 @@ def main() -> int:
         budget_mib = args.pool_mib + 256
         result = {
             "clients": args.clients, "streams": args.streams, "server_args": args.server_arg, "seconds": round(wall, 1), "rows": sum(rows),
-            "images_per_s": round(sum(rows) / wall, 1), "spec": spec,
+            "images_per_s": round(sum(rows) / wall, 1), "rows_per_client_min": min(rows), "spec": spec,
             "rss_idle_mib": round(baseline_kib / 1024, 1), "rss_peak_mib": round(peak_kib / 1024, 1),
             "pool_cap_mib": args.pool_mib, "budget_mib": budget_mib,
             "within_budget": peak_kib / 1024 <= budget_mib, "failures": failures[:5], "stats": stats,

@@ -113,6 +113,9 @@ impl InputBudget {
     /// all is given back for `patience` (a line that moves, however slowly,
     /// is the server's pace, which the client's own deadline bounds).
     async fn take(self: Arc<Self>, bytes: usize, patience: Duration) -> Result<Charge, Status> {
+        // However this ends (a grant, giving up, or the call dropped while
+        // waiting), the ones behind us may fit now.
+        let _line = Line(&self);
         let (mut granted, mut releases) = {
             let mut state = self.state();
             if state.waiters.is_empty() && state.used.saturating_add(bytes) <= self.cap {
@@ -137,10 +140,10 @@ impl InputBudget {
                 }
             }
         }
-        // Our place in line is given up (a charge granted just now goes
-        // back when the receiver is dropped); whoever is next may fit.
-        drop(granted);
-        self.grant_waiting();
+        // Granted in the meantime by another waiter leaving the line.
+        if let Ok(charge) = granted.try_recv() {
+            return Ok(charge);
+        }
         Err(Status::resource_exhausted(format!(
             "the server's budget of {} bytes of input in flight \
              (--max-input-bytes-in-flight) stayed full, with nothing given back, for {:.0} s; \
@@ -183,6 +186,16 @@ impl InputBudget {
             }
         }
         drop(returned);
+    }
+}
+
+/// Lets the line move when a [`InputBudget::take`] ends: declared before
+/// the grant's receiver, so it runs after the receiver is gone.
+struct Line<'a>(&'a Arc<InputBudget>);
+
+impl Drop for Line<'_> {
+    fn drop(&mut self) {
+        self.0.grant_waiting();
     }
 }
 
@@ -265,6 +278,12 @@ impl InputMeter {
     fn push(&self, charge: Charge) {
         self.queue().charges.push_back(charge);
     }
+
+    /// Whether none of the call's messages is being received or waiting to
+    /// be decoded.
+    fn is_idle(&self) -> bool {
+        self.queue().charges.is_empty()
+    }
 }
 
 /// Where a request body is in gRPC's message framing: each message is a
@@ -278,18 +297,21 @@ struct Framing {
 }
 
 /// A message whose prefix was read in a frame: its size on the wire
-/// (prefix included) and whether it also ends in that frame.
+/// (prefix included), where in the frame its prefix starts (0 when it began
+/// in an earlier frame) and whether it also ends in that frame.
 #[derive(Debug, PartialEq, Eq)]
 struct Started {
     bytes: usize,
+    start: usize,
     ends_in_frame: bool,
 }
 
 impl Framing {
     /// Walks one frame's bytes and returns the messages whose prefix
     /// completes in it, in order.
-    fn scan(&mut self, mut data: &[u8]) -> Vec<Started> {
+    fn scan(&mut self, frame: &[u8]) -> Vec<Started> {
         let mut started: Vec<Started> = Vec::new();
+        let mut data = frame;
         while !data.is_empty() {
             if self.body_left > 0 {
                 let n = self.body_left.min(data.len());
@@ -302,6 +324,7 @@ impl Framing {
                 }
                 continue;
             }
+            let start = (frame.len() - data.len()).saturating_sub(self.prefix_len);
             let n = (5 - self.prefix_len).min(data.len());
             self.prefix[self.prefix_len..self.prefix_len + n].copy_from_slice(&data[..n]);
             self.prefix_len += n;
@@ -316,7 +339,8 @@ impl Framing {
                 ]) as usize;
                 self.body_left = len;
                 started.push(Started {
-                    bytes: 5 + len,
+                    bytes: len.saturating_add(5),
+                    start,
                     ends_in_frame: len == 0,
                 });
             }
@@ -386,6 +410,9 @@ impl HttpBody for MeteredBody {
         let Some(data) = frame.data_ref() else {
             return Poll::Ready(Some(Ok(frame)));
         };
+        // Whether the call had no message on its way in before this frame
+        // (an overdraft is one message per call at a time).
+        let idle = self.meter.is_idle();
         let mut started = self.framing.scan(data);
         // A message that ends in this frame is already in memory whole:
         // charged at once. Only one still arriving can be waited for.
@@ -401,26 +428,34 @@ impl HttpBody for MeteredBody {
         let Some(arriving) = arriving else {
             return Poll::Ready(Some(Ok(frame)));
         };
-        // A prefix may claim more than the whole budget: such a message
-        // waits for the budget to empty, never for room that cannot come,
-        // and tonic then refuses it (over --max-message-bytes, itself at
-        // most the cap) before reading its body.
-        let bytes = arriving.bytes.min(budget.cap);
-        let owes_output = self.watch.as_ref().is_some_and(|w| w.owes_output());
-        let charge = if owes_output {
-            Some(budget.take_now(bytes))
+        if arriving.bytes > budget.cap {
+            // More than the whole budget (so over --max-message-bytes, which
+            // is at most the cap): tonic refuses it on this prefix, before
+            // reading its body. Waiting would hold up the whole line.
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        let charge = if idle && self.watch.as_ref().is_some_and(|w| w.owes_output()) {
+            Some(budget.take_now(arriving.bytes))
         } else {
-            budget.try_take(bytes)
+            budget.try_take(arriving.bytes)
         };
         if let Some(charge) = charge {
             self.meter.push(charge);
             return Poll::Ready(Some(Ok(frame)));
         }
+        // The bytes before this message's prefix end messages already paid
+        // for: they go on now, or a call could wait on the budget while
+        // holding a message it cannot finish.
+        let data = frame.into_data().expect("a data frame");
+        let (ahead, rest) = (data.slice(..arriving.start), data.slice(arriving.start..));
         self.waiting = Some(Waiting {
-            frame,
-            charge: Box::pin(budget.take(bytes, self.patience)),
+            frame: Frame::data(rest),
+            charge: Box::pin(budget.take(arriving.bytes, self.patience)),
             _busy: self.watch.as_ref().map(CallWatch::busy),
         });
+        if !ahead.is_empty() {
+            return Poll::Ready(Some(Ok(Frame::data(ahead))));
+        }
         self.poll_frame(cx)
     }
 
@@ -532,11 +567,15 @@ mod tests {
         wire.extend(prefix(10));
         wire.extend_from_slice(b"0123456789");
         let whole = Framing::default().scan(&wire);
-        let ends = |bytes, ends_in_frame| Started {
+        let at = |bytes, start, ends_in_frame| Started {
             bytes,
+            start,
             ends_in_frame,
         };
-        assert_eq!(whole, vec![ends(8, true), ends(5, true), ends(15, true)]);
+        assert_eq!(
+            whole,
+            vec![at(8, 0, true), at(5, 8, true), at(15, 13, true)]
+        );
         // Cut everywhere, including inside the prefixes.
         for cut in 1..wire.len() {
             let mut framing = Framing::default();
@@ -550,10 +589,17 @@ mod tests {
         let mut framing = Framing::default();
         assert_eq!(
             framing.scan(&wire[..13]),
-            vec![ends(8, true), ends(5, true)]
+            vec![at(8, 0, true), at(5, 8, true)]
         );
-        assert_eq!(framing.scan(&wire[13..20]), vec![ends(15, false)]);
+        assert_eq!(framing.scan(&wire[13..20]), vec![at(15, 0, false)]);
         assert_eq!(framing.scan(&wire[20..]), vec![]);
+        // A prefix cut by the frame starts, in the next frame, at 0.
+        let mut framing = Framing::default();
+        assert_eq!(framing.scan(&wire[..10]), vec![at(8, 0, true)]);
+        assert_eq!(
+            framing.scan(&wire[10..]),
+            vec![at(5, 0, true), at(15, 3, true)]
+        );
     }
 
     #[test]
@@ -635,5 +681,65 @@ mod tests {
         meter.message_decoded();
         drop((meter.take(), owed, full));
         assert_eq!(budget.state().used, 0);
+    }
+
+    /// Polls `body` for its next frame's bytes, or `None` while it waits.
+    async fn poll_once(body: &mut MeteredBody) -> Option<Vec<u8>> {
+        let polled = futures::poll!(std::future::poll_fn(
+            |cx| Pin::new(&mut *body).poll_frame(cx)
+        ));
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => Some(frame.into_data().unwrap().to_vec()),
+            Poll::Ready(other) => panic!("unexpected {other:?}"),
+            Poll::Pending => None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_end_of_a_paid_message_goes_on_while_the_next_waits() {
+        let budget = InputBudget::new(100, Gauge::default());
+        let meter = InputMeter::new(&budget);
+        let watch = CallWatch::new(Duration::from_secs(30), Some(Arc::clone(&meter)));
+        // Message 1 (25 bytes) starts in frame 1; frame 2 ends it and starts
+        // message 2 (50 bytes), which does not fit beside the 60 held.
+        let mut frame1 = prefix(20);
+        frame1.extend_from_slice(&[1; 10]);
+        let mut frame2 = vec![1u8; 10];
+        frame2.extend(prefix(45));
+        frame2.extend_from_slice(&[2; 5]);
+        let frames = [frame1.clone(), frame2.clone()].map(bytes::Bytes::from);
+        let mut body = MeteredBody::new(
+            Body::new(Frames(frames.into())),
+            Arc::clone(&meter),
+            Some(watch),
+            Duration::from_secs(5),
+        );
+        assert_eq!(poll_once(&mut body).await, Some(frame1));
+        let held = budget.try_take(60).unwrap();
+        assert_eq!(budget.state().used, 85);
+        // Message 1's last bytes come out at once, so it can be decoded.
+        assert_eq!(poll_once(&mut body).await, Some(frame2[..10].to_vec()));
+        assert_eq!(poll_once(&mut body).await, None, "message 2 waits for room");
+        drop(held);
+        assert_eq!(poll_once(&mut body).await, Some(frame2[10..].to_vec()));
+        assert_eq!(budget.state().used, 75);
+    }
+
+    #[tokio::test]
+    async fn a_message_larger_than_the_budget_is_not_charged_or_held() {
+        let budget = InputBudget::new(100, Gauge::default());
+        let _full = budget.try_take(100).unwrap();
+        let meter = InputMeter::new(&budget);
+        let mut frame = prefix(1 << 30);
+        frame.extend_from_slice(&[3; 7]);
+        let mut body = MeteredBody::new(
+            Body::new(Frames([bytes::Bytes::from(frame.clone())].into())),
+            Arc::clone(&meter),
+            None,
+            Duration::from_secs(5),
+        );
+        // Through at once, for tonic to refuse on its prefix.
+        assert_eq!(poll_once(&mut body).await, Some(frame));
+        assert_eq!(budget.state().used, 100);
     }
 }

@@ -12,6 +12,10 @@ pixelfeed_native wheel). Streams the images through ``pixelfeed.Engine``
   finished would show the next batch's pixels). The consumer keeps no
   batch alive, so only the loader's own hold protects the blocks;
 
+- ``preprocess_batch(..., device="cuda")``, whose loader ends after one
+  batch, to give its block back only once the copy is done: each call is
+  followed at once by another on other images, which refills that block;
+
 then times both paths (images/s, the pageable one through staging).
 """
 
@@ -23,7 +27,7 @@ import time
 import torch
 
 import pixelfeed
-from pixelfeed.torch import TorchLoader, to_torch
+from pixelfeed.torch import TorchLoader, preprocess_batch, to_torch
 
 SPEC = {"preset": "imagenet", "dtype": "uint8", "layout": "hwc", "normalize": None}
 
@@ -50,6 +54,16 @@ def run(engine, images, batch, count, reference=None):
     return n / (time.perf_counter() - t0), loader.direct_uploads, mismatched
 
 
+def teardown_mismatches(images, batch, rounds, reference_engine):
+    bad = 0
+    for group in batches(images, batch, rounds):
+        x = preprocess_batch(group, SPEC, device="cuda")
+        preprocess_batch(group[::-1], SPEC, device="cuda")  # reuses the block x was copied from
+        if not torch.equal(x, to_torch(reference_engine.process(group)).cuda()):
+            bad += 1
+    return bad
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", required=True)
@@ -71,7 +85,10 @@ def main() -> int:
     print(f"pageable through staging:  {ips_staged:8,.0f} img/s, {staged_direct}/{args.count} direct, "
           f"{bad_staged} mismatched")
     print(f"direct / staged: {ips_direct / ips_staged:.2f}x")
-    ok = mode == "pinned" and direct == args.count and bad == 0 and staged_direct == 0 and bad_staged == 0
+    bad_teardown = teardown_mismatches(images, args.batch, 20, pageable)
+    print(f"preprocess_batch on CUDA, block reused at once: {bad_teardown}/20 mismatched")
+    ok = (mode == "pinned" and direct == args.count and bad == 0 and staged_direct == 0 and bad_staged == 0
+          and bad_teardown == 0)
     print("native_direct:", "PASS" if ok else "FAIL")
     return 0 if ok else 1
 

@@ -211,6 +211,25 @@ class _CudaStager:
             ready.record(self.stream)
         return out, ready, batch, numel * pinned.element_size()
 
+    def release(self) -> None:
+        """Wait for the copies still in flight, then give back the pieces they read.
+
+        Called when the loader ends (early or not) and on garbage collection
+        (the staging thread may outlive the loader's close): a piece given
+        back earlier could have its block refilled by the engine while the
+        GPU still reads it.
+        """
+        for slot, copied in enumerate(self.copied):
+            if copied is not None and self.held[slot] is not None:
+                copied.synchronize()
+            self.held[slot] = None
+
+    def __del__(self) -> None:
+        try:
+            self.release()
+        except Exception:  # noqa: BLE001 - interpreter shutdown: CUDA may be gone
+            pass
+
 
 class TorchLoader:
     """Iterate ``torch.Tensor`` batches from pixelfeed output batches.
@@ -351,6 +370,10 @@ class TorchLoader:
                 yield self._emit(dev, batch)
         finally:
             staged.close()
+            # A staging thread still running (its join timed out) keeps the
+            # stager alive, and its __del__ releases once the thread is done.
+            if not staged.thread.is_alive():
+                stager.release()
 
 
 class ShardedDataset(torch.utils.data.IterableDataset):

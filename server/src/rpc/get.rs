@@ -26,6 +26,10 @@ pub(crate) fn do_get(
     ticket: &[u8],
     watch: Arc<CallWatch>,
 ) -> Result<FlightDataStream, Status> {
+    // The ticket is read whole: its bytes leave the input budget now, not
+    // when the stream ends.
+    watch.message_decoded();
+    drop(watch.input_charge());
     let (ticket, spec) = ShardTicket::decode(ticket).map_err(|e| Status::invalid_argument(e.0))?;
     let spec = servable(&spec)?;
     record_spec(&spec);
