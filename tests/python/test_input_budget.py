@@ -13,13 +13,11 @@ the budget and pool must be empty afterwards.
 from __future__ import annotations
 
 import io
-import json
 import threading
 from typing import List
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.flight as flight
 from PIL import Image
 
 import pixelfeed
@@ -42,14 +40,6 @@ def _noise_jpegs(n: int) -> List[bytes]:
         Image.fromarray(rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)).save(buf, "JPEG", quality=95)
         out.append(buf.getvalue())
     return out
-
-
-def _stats(location: str) -> dict:
-    client = flight.connect(location)
-    try:
-        return json.loads(next(iter(client.do_action(flight.Action("stats", b"")))).body.to_pybytes())
-    finally:
-        client.close()
 
 
 def test_more_clients_than_the_budget_holds_all_finish():
@@ -102,7 +92,11 @@ def test_more_clients_than_the_budget_holds_all_finish():
         for i in range(CLIENTS):
             first = i * BATCHES * ROWS
             assert ids[i] == list(range(first, first + BATCHES * ROWS)), f"client {i} rows out of order or lost"
-        stats = _stats(server.location)
+        stats_client = pixelfeed.connect(server.location)
+        try:
+            stats = stats_client.stats()
+        finally:
+            stats_client.close()
         assert stats["input"]["bytes_in_flight"] == 0, stats["input"]
         assert stats["pool"]["blocks_in_use"] == 0, stats["pool"]
     finally:
