@@ -10,7 +10,8 @@ RSS (VmHWM) is compared with its output-pool cap + 256 MiB.
 Every client runs one DoExchange that streams batches of 32 images back to
 back for --seconds (the Python client keeps 2 batches in flight). Prints
 one JSON line: rows, images/s, the fewest rows one client got (0 would be a
-starved client), peak RSS, the pool's own counters, and
+starved client), peak RSS, the highest input-budget and pool use sampled
+(every 0.2 s), the pool's own counters, and
 whether the peak stayed under the budget. Exit status 1 when it did not.
 """
 
@@ -98,6 +99,27 @@ def main() -> int:
             finally:
                 client.close()
 
+        import pyarrow.flight as flight
+
+        stats_client = flight.connect(f"grpc://{addr}")
+
+        def read_stats() -> dict:
+            return json.loads(next(iter(stats_client.do_action("stats"))).body.to_pybytes())
+
+        # What the peak is made of: the highest input-budget use (overdrafts
+        # included) and pool use seen, sampled every 0.2 s.
+        peaks = {"input_bytes_in_flight": 0, "pool_bytes_in_use": 0, "output_bytes_in_flight": 0}
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.2):
+                s = read_stats()
+                peaks["input_bytes_in_flight"] = max(peaks["input_bytes_in_flight"], s["input"]["bytes_in_flight"])
+                peaks["pool_bytes_in_use"] = max(peaks["pool_bytes_in_use"], s["pool"]["bytes_in_use"])
+                peaks["output_bytes_in_flight"] = max(peaks["output_bytes_in_flight"], s.get("output", {}).get("bytes_in_flight", 0))
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
         t0 = time.perf_counter()
         threads = [threading.Thread(target=worker, args=(i,)) for i in range(args.clients)]
         for t in threads:
@@ -105,12 +127,11 @@ def main() -> int:
         for t in threads:
             t.join()
         wall = time.perf_counter() - t0
+        done.set()
+        sampler.join()
         peak_kib = rss_kib(proc.pid, "VmHWM")
-        import pyarrow.flight as flight
-
-        stats_client = flight.connect(f"grpc://{addr}")
         try:
-            stats = json.loads(next(iter(stats_client.do_action("stats"))).body.to_pybytes())
+            stats = read_stats()
         finally:
             stats_client.close()
         budget_mib = args.pool_mib + 256
@@ -118,6 +139,9 @@ def main() -> int:
             "clients": args.clients, "streams": args.streams, "server_args": args.server_arg, "seconds": round(wall, 1), "rows": sum(rows),
             "images_per_s": round(sum(rows) / wall, 1), "rows_per_client_min": min(rows), "spec": spec,
             "rss_idle_mib": round(baseline_kib / 1024, 1), "rss_peak_mib": round(peak_kib / 1024, 1),
+            "input_peak_mib": round(peaks["input_bytes_in_flight"] / 2**20, 1),
+            "pool_peak_mib": round(peaks["pool_bytes_in_use"] / 2**20, 1),
+            "output_peak_mib": round(peaks["output_bytes_in_flight"] / 2**20, 1),
             "pool_cap_mib": args.pool_mib, "budget_mib": budget_mib,
             "within_budget": peak_kib / 1024 <= budget_mib, "failures": failures[:5], "stats": stats,
         }

@@ -72,8 +72,8 @@ pub struct CallLimits {
     /// by HTTP/2 flow control), and fails with `RESOURCE_EXHAUSTED` when
     /// nothing is given back for [`Self::idle_timeout`]. A call that owes
     /// its client output is admitted over the cap (see the server's
-    /// `budget` module). Must be at least the largest message
-    /// ([`ServerConfig::max_message_bytes`]).
+    /// `budget` module), beside the line. A message larger than the cap
+    /// (up to [`ServerConfig::max_message_bytes`]) goes alone.
     pub max_input_bytes_in_flight: usize,
 }
 
@@ -82,11 +82,13 @@ pub struct CallLimits {
 /// slots within a minute.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Default [`CallLimits::max_input_bytes_in_flight`]: 256 MiB, one of the
-/// largest messages. The engine needs a few messages per thread to stay
-/// busy; more only queues: with 32 clients streaming 4 Mpx JPEGs, 1 GiB
-/// and 256 MiB gave the same images/s and 1 859 vs 1 270 MiB of peak RSS
-/// (`bench/rss.py --clients 32`).
+/// Default [`CallLimits::max_input_bytes_in_flight`]: 256 MiB. The engine
+/// needs a few messages per thread to stay busy; more only queues: with 32
+/// clients streaming 4 Mpx JPEGs, 1 GiB and 256 MiB gave the same images/s
+/// and 1 859 vs 1 270 MiB of peak RSS (`bench/rss.py --clients 32`). Less
+/// lets output outgrow it: with 64 MiB the pool was no longer full, so more
+/// batches were encoded and waited for their readers as copies (32
+/// clients: 570 MiB of them, 1 350 MiB peak RSS).
 pub const DEFAULT_MAX_INPUT_BYTES_IN_FLIGHT: usize = 256 << 20;
 
 impl Default for CallLimits {

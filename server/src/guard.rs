@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 use tonic::body::Body;
@@ -46,6 +47,8 @@ struct GuardState {
     limits: CallLimits,
     metrics: Arc<Metrics>,
     input: Arc<InputBudget>,
+    /// `--max-message-bytes`, which tonic enforces on each message's prefix.
+    max_message_bytes: usize,
 }
 
 /// A tower service running `S` behind the call guard.
@@ -57,13 +60,15 @@ pub struct Guarded<S> {
 
 impl<S> Guarded<S> {
     /// Guards `inner` with the user and operator tokens (see
-    /// [`crate::auth`]), `limits` and `metrics`.
+    /// [`crate::auth`]), `limits` and `metrics`, for a server whose largest
+    /// message is `max_message_bytes`.
     pub fn new(
         inner: S,
         token: Option<AuthToken>,
         operator_token: Option<AuthToken>,
         limits: CallLimits,
         metrics: Arc<Metrics>,
+        max_message_bytes: usize,
     ) -> Self {
         Self {
             inner,
@@ -77,6 +82,7 @@ impl<S> Guarded<S> {
                     metrics.input_bytes_in_flight().clone(),
                 ),
                 metrics,
+                max_message_bytes,
             }),
         }
     }
@@ -277,6 +283,7 @@ where
                     meter,
                     watch.clone(),
                     state.limits.idle_timeout,
+                    state.max_message_bytes,
                 ))
             });
             // Frees a stuck call's slot even while HTTP/2 flow control keeps
@@ -434,9 +441,15 @@ impl HttpBody for GuardedBody {
                 if let Some(code) = status_code(trailers) {
                     self.scope.code = code;
                 }
-            } else if let Some(watch) = &self.watch {
-                // The client took an output message: progress.
-                watch.touch();
+            } else {
+                if let Some(watch) = &self.watch {
+                    // The client took an output message: progress.
+                    watch.touch();
+                }
+                if let Some(data) = frame.data_mut() {
+                    let in_flight = self.scope.metrics.output_bytes_in_flight();
+                    *data = counted_until_written(std::mem::take(data), in_flight);
+                }
             }
         }
         frame
@@ -448,6 +461,35 @@ impl HttpBody for GuardedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// `chunk` (encoded output handed to the transport) counted in `in_flight`
+/// until the transport drops it, which the HTTP/2 layer does once it has
+/// written it.
+fn counted_until_written(chunk: bytes::Bytes, in_flight: &Gauge) -> bytes::Bytes {
+    in_flight.inc_by(chunk.len() as i64);
+    bytes::Bytes::from_owner(Outgoing {
+        chunk,
+        in_flight: in_flight.clone(),
+    })
+}
+
+/// An output chunk on its way to the socket (see [`counted_until_written`]).
+struct Outgoing {
+    chunk: bytes::Bytes,
+    in_flight: Gauge,
+}
+
+impl AsRef<[u8]> for Outgoing {
+    fn as_ref(&self) -> &[u8] {
+        &self.chunk
+    }
+}
+
+impl Drop for Outgoing {
+    fn drop(&mut self) {
+        self.in_flight.dec_by(self.chunk.len() as i64);
     }
 }
 
@@ -501,5 +543,19 @@ mod tests {
             method_name("/arrow.flight.protocol.FlightService/Nope"),
             "other"
         );
+    }
+
+    #[test]
+    fn an_output_chunk_is_counted_until_the_transport_drops_it() {
+        let in_flight = Gauge::default();
+        let chunk = counted_until_written(bytes::Bytes::from_static(b"last message"), &in_flight);
+        assert_eq!(in_flight.get(), 12);
+        // The HTTP/2 layer writes a chunk in pieces and then drops them.
+        let (head, tail) = (chunk.slice(..4), chunk.slice(4..));
+        drop(chunk);
+        drop(head);
+        assert_eq!(in_flight.get(), 12);
+        drop(tail);
+        assert_eq!(in_flight.get(), 0);
     }
 }

@@ -114,15 +114,6 @@ fn transport(config: &ServerConfig) -> Result<Server, ServerError> {
 /// certificate and key load), so a CLI can fail before it announces
 /// readiness.
 pub fn check_config(config: &ServerConfig) -> Result<(), ServerError> {
-    let budget = config.service.limits.max_input_bytes_in_flight;
-    if budget < config.max_message_bytes {
-        return Err(ServerError::Config(format!(
-            "the input budget of {budget} bytes (--max-input-bytes-in-flight) is below the \
-             largest message of {} bytes (--max-message-bytes): such a message could never \
-             be received",
-            config.max_message_bytes
-        )));
-    }
     if let (Some(user), Some(operator)) =
         (&config.service.auth_token, &config.service.operator_token)
     {
@@ -167,6 +158,7 @@ pub async fn serve_with_shutdown(
         service.operator_token.clone(),
         service.limits,
         service.metrics.clone(),
+        config.max_message_bytes,
     );
     let shutdown = async move {
         shutdown.await;

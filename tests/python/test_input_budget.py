@@ -98,6 +98,9 @@ def test_more_clients_than_the_budget_holds_all_finish():
         finally:
             stats_client.close()
         assert stats["input"]["bytes_in_flight"] == 0, stats["input"]
+        assert stats["output"]["bytes_in_flight"] == 0, stats["output"]
         assert stats["pool"]["blocks_in_use"] == 0, stats["pool"]
     finally:
         assert server.stop() == 0, server.tail()
+
+

@@ -124,7 +124,7 @@ pub(crate) struct OpsArgs {
     /// received (charged whole from their first bytes) and not yet through
     /// the engine. Calls whose next message does not fit wait in line, and
     /// fail with RESOURCE_EXHAUSTED when nothing is given back for
-    /// --idle-timeout. At least --max-message-bytes.
+    /// --idle-timeout. A larger message goes alone.
     #[arg(long, default_value_t = DEFAULT_MAX_INPUT_BYTES_IN_FLIGHT, value_parser = positive_usize)]
     pub(crate) max_input_bytes_in_flight: usize,
 

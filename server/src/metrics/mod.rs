@@ -40,6 +40,7 @@ pub struct Metrics {
     pool_blocks_in_use: Gauge,
     pool_bytes_in_use: Gauge,
     input_bytes_in_flight: Gauge,
+    output_bytes_in_flight: Gauge,
 }
 
 impl fmt::Debug for Metrics {
@@ -69,6 +70,7 @@ impl Default for Metrics {
             pool_blocks_in_use: Gauge::default(),
             pool_bytes_in_use: Gauge::default(),
             input_bytes_in_flight: Gauge::default(),
+            output_bytes_in_flight: Gauge::default(),
         };
         let r = &mut m.registry;
         // Counters get their `_total` suffix from the encoder.
@@ -140,6 +142,12 @@ impl Default for Metrics {
                 "Encoded input bytes received and not yet through the engine \
                  (--max-input-bytes-in-flight)",
                 &m.input_bytes_in_flight,
+            ),
+            (
+                "pixelfeed_output_bytes_in_flight",
+                "Encoded output bytes handed to the transport and not yet written \
+                 to the socket",
+                &m.output_bytes_in_flight,
             ),
         ] {
             r.register(name, help, gauge.clone());
@@ -230,6 +238,12 @@ impl Metrics {
     /// The gauge of input bytes in flight, which the input budget keeps.
     pub(crate) fn input_bytes_in_flight(&self) -> &Gauge {
         &self.input_bytes_in_flight
+    }
+
+    /// The gauge of encoded output bytes handed to the transport and not
+    /// yet written.
+    pub(crate) fn output_bytes_in_flight(&self) -> &Gauge {
+        &self.output_bytes_in_flight
     }
 
     /// Marks a batch queued for (or running in) the engine until the guard

@@ -114,6 +114,9 @@ fn stats(config: &ServiceConfig, _: &[u8]) -> Result<Value, Status> {
             "bytes_in_flight": config.metrics.input_bytes_in_flight().get(),
             "max_bytes_in_flight": config.limits.max_input_bytes_in_flight,
         },
+        "output": {
+            "bytes_in_flight": config.metrics.output_bytes_in_flight().get(),
+        },
         "threads": pixelfeed_engine::worker_threads(),
         "decoders": pixelfeed_engine::decoders_json(),
     }))

@@ -265,15 +265,23 @@ async fn input_bytes_in_flight_are_counted_and_given_back() {
     );
 }
 
-/// A budget smaller than one message could never receive it: refused at
-/// start-up, not discovered by the first large batch.
+/// A message larger than the whole input budget is received alone, once
+/// nothing else is charged, rather than never.
 #[tokio::test]
-async fn an_input_budget_below_the_message_size_is_refused() {
+async fn a_message_larger_than_the_input_budget_goes_alone() {
     let mut config = ServerConfig::default();
-    config.service.limits.max_input_bytes_in_flight = config.max_message_bytes - 1;
-    let err = pixelfeed_server::check_config(&config).unwrap_err();
+    config.service.limits.max_input_bytes_in_flight = 16 << 10;
+    let metrics = Arc::clone(&config.service.metrics);
+    pixelfeed_server::check_config(&config).unwrap();
+    let (_server, client) = start(config, ClientOptions::default()).await;
+    let images = bundled_images();
+    let many: Vec<Vec<u8>> = images.iter().cycle().take(32).cloned().collect();
+    assert!(many.iter().map(Vec::len).sum::<usize>() > 4 * (16 << 10));
+    let out = client.preprocess(&many, SMALL, 32).await.unwrap();
+    assert_eq!(out.iter().map(RecordBatch::num_rows).sum::<usize>(), 32);
+    let rendered = metrics.render(&pixelfeed_engine::HeapAllocator);
     assert!(
-        err.to_string().contains("max-input-bytes-in-flight"),
-        "{err}"
+        rendered.contains("pixelfeed_input_bytes_in_flight 0"),
+        "{rendered}"
     );
 }
