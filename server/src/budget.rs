@@ -29,10 +29,10 @@
 //!   ahead, so the overdraft is bounded by the calls with unsent output.
 //!   The price, with a budget of a few messages only: calls that keep
 //!   owing output keep jumping the line (64 MiB, 8 clients: one got 160
-//!   rows while the mean was 590). Making them wait in line until it
-//!   stalled (0.5 s) was fair but let unread output pile up as encoded
-//!   copies while their clients stood blocked in their writes (128
-//!   clients: 2.2 GiB of them, 5.0 GiB peak RSS, `bench/rss.py`).
+//!   rows while the mean was 590). A version that made them wait in line
+//!   until it stalled (0.5 s) was fair but let unread output pile up as
+//!   encoded copies while their clients stood blocked in their writes
+//!   (128 clients: 2.2 GiB of them, 5.0 GiB peak RSS, `bench/rss.py`).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -53,8 +53,7 @@ use crate::watch::{Busy, CallWatch};
 /// served first come, first served: a large message is never passed over
 /// by a stream of smaller ones, and no call waits behind more than the
 /// calls that were already waiting when it came. A request larger than the
-/// whole cap goes alone: it is granted when nothing else is charged through
-/// the line.
+/// whole cap goes alone: it is granted when nothing else is charged.
 #[derive(Debug)]
 pub(crate) struct InputBudget {
     cap: usize,

@@ -72,8 +72,8 @@ pub struct CallLimits {
     /// by HTTP/2 flow control), and fails with `RESOURCE_EXHAUSTED` when
     /// nothing is given back for [`Self::idle_timeout`]. A call that owes
     /// its client output is admitted over the cap (see the server's
-    /// `budget` module), beside the line. A message larger than the cap
-    /// (up to [`ServerConfig::max_message_bytes`]) goes alone.
+    /// `budget` module). A message larger than the cap (up to
+    /// [`ServerConfig::max_message_bytes`]) goes alone.
     pub max_input_bytes_in_flight: usize,
 }
 
