@@ -10,8 +10,8 @@ RSS (VmHWM) is compared with its output-pool cap + 256 MiB.
 Every client runs one DoExchange that streams batches of 32 images back to
 back for --seconds (the Python client keeps 2 batches in flight). Prints
 one JSON line: rows, images/s, the fewest rows one client got (0 would be a
-starved client), peak RSS, the highest input-budget and pool use sampled
-(every 0.2 s), the pool's own counters, and
+starved client), peak RSS, the highest input-budget, pool and encoded
+output use sampled (every 0.2 s), the pool's own counters, and
 whether the peak stayed under the budget. Exit status 1 when it did not.
 """
 
@@ -107,7 +107,8 @@ def main() -> int:
             return json.loads(next(iter(stats_client.do_action("stats"))).body.to_pybytes())
 
         # What the peak is made of: the highest input-budget use (overdrafts
-        # included) and pool use seen, sampled every 0.2 s.
+        # included), pool use and encoded output in flight seen, sampled
+        # every 0.2 s.
         peaks = {"input_bytes_in_flight": 0, "pool_bytes_in_use": 0, "output_bytes_in_flight": 0}
         done = threading.Event()
 

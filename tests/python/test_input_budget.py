@@ -102,5 +102,3 @@ def test_more_clients_than_the_budget_holds_all_finish():
         assert stats["pool"]["blocks_in_use"] == 0, stats["pool"]
     finally:
         assert server.stop() == 0, server.tail()
-
-
