@@ -10,7 +10,10 @@ RSS (VmHWM) is compared with its output-pool cap + 256 MiB.
 Every client runs one DoExchange that streams batches of 32 images back to
 back for --seconds (the Python client keeps 2 batches in flight). Prints
 one JSON line: rows, images/s, the fewest rows one client got (0 would be a
-starved client), peak RSS, the highest input-budget, pool and encoded
+starved client), the median and longest wait for a client's first rows and
+how many clients got theirs only after the others stopped sending (calls
+that start while the input budget is full wait for streaming calls to
+end), peak RSS, the highest input-budget, pool and encoded
 output use sampled (every 0.2 s), the pool's own counters, and
 whether the peak stayed under the budget. Exit status 1 when it did not.
 """
@@ -19,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -36,6 +41,11 @@ def rss_kib(pid: int, field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise RuntimeError(f"{field} not in /proc/{pid}/status")
+
+
+def seconds(t: float):
+    """`t` rounded for the report; None for a client that never got rows."""
+    return None if math.isinf(t) else round(t, 2)
 
 
 def main() -> int:
@@ -79,6 +89,9 @@ def main() -> int:
             return 2
         baseline_kib = rss_kib(proc.pid, "VmRSS")
         rows = [0] * args.clients
+        # Seconds from the start to each client's first rows: a client that
+        # waits while others stream is starved, whatever its final count.
+        first_rows_s: List[float] = [math.inf] * args.clients
         failures: List[str] = []
         stop_at = time.monotonic() + args.seconds
 
@@ -93,6 +106,8 @@ def main() -> int:
                     if not pixelfeed.valid(out).all():
                         failures.append(f"client {i}: {set(e for e in pixelfeed.errors(out) if e)}")
                         return
+                    if rows[i] == 0:
+                        first_rows_s[i] = time.perf_counter() - t0
                     rows[i] += out.num_rows
             except Exception as e:  # noqa: BLE001 - reported, not hidden
                 failures.append(f"client {i}: {type(e).__name__}: {e}")
@@ -138,7 +153,9 @@ def main() -> int:
         budget_mib = args.pool_mib + 256
         result = {
             "clients": args.clients, "streams": args.streams, "server_args": args.server_arg, "seconds": round(wall, 1), "rows": sum(rows),
-            "images_per_s": round(sum(rows) / wall, 1), "rows_per_client_min": min(rows), "spec": spec,
+            "images_per_s": round(sum(rows) / wall, 1), "rows_per_client_min": min(rows),
+            "first_rows_s_median": seconds(statistics.median(first_rows_s)), "first_rows_s_max": seconds(max(first_rows_s)),
+            "clients_first_rows_after_end": sum(1 for t in first_rows_s if t > args.seconds), "spec": spec,
             "rss_idle_mib": round(baseline_kib / 1024, 1), "rss_peak_mib": round(peak_kib / 1024, 1),
             "input_peak_mib": round(peaks["input_bytes_in_flight"] / 2**20, 1),
             "pool_peak_mib": round(peaks["pool_bytes_in_use"] / 2**20, 1),

@@ -27,12 +27,21 @@
 //!   them. Such a message is admitted over the cap (the overdraft makes
 //!   later calls wait longer); each call reads at most a pipeline's depth
 //!   ahead, so the overdraft is bounded by the calls with unsent output.
-//!   The price, with a budget of a few messages only: calls that keep
-//!   owing output keep jumping the line (64 MiB, 8 clients: one got 160
-//!   rows while the mean was 590). A version that made them wait in line
-//!   until it stalled (0.5 s) was fair but let unread output pile up as
-//!   encoded copies while their clients stood blocked in their writes
-//!   (128 clients: 2.2 GiB of them, 5.0 GiB peak RSS, `bench/rss.py`).
+//!   The price: calls already streaming always owe output when their next
+//!   message comes, so they keep their place, and a call that starts while
+//!   the budget is full waits for room that they keep taking, until some
+//!   of them end. With a budget of a few messages this starves late
+//!   calls (64 MiB, 14 MB messages: with 8 clients two got their first
+//!   rows after 25 s, once the others had stopped; with 32 the median
+//!   first row came at 34 s, against 6 s with 256 MiB). Tried and not
+//!   kept: making owing calls wait in line until it stalled (0.5 s) let
+//!   unread output pile up as 16 MiB encoded copies while their clients
+//!   stood blocked in their writes (128 clients: 2.2 GiB of them, 5.0 GiB
+//!   peak RSS, `bench/rss.py`); making them wait while the output pool had
+//!   room, going over the cap only while a request waited for a pool block
+//!   (one call per 20 ms), was fair with 8 clients (every first row within
+//!   3 s, 455 MiB) but with 32 the overdrafts outran the engine (329 MiB
+//!   of input against a 64 MiB cap, 1 222 MiB peak RSS).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
