@@ -45,14 +45,16 @@ fn main() -> anyhow::Result<()> {
 
 /// glibc's malloc serves blocks of 8 MiB and more with their own `mmap`
 /// (returned to the system when freed) and trims an arena's free top only
-/// past 32 MiB, unless the operator set `MALLOC_MMAP_THRESHOLD_` or
-/// `MALLOC_TRIM_THRESHOLD_` (then glibc's own policy applies).
+/// past 32 MiB, unless the operator set `MALLOC_MMAP_THRESHOLD_`,
+/// `MALLOC_TRIM_THRESHOLD_` or a `glibc.malloc` tunable in
+/// `GLIBC_TUNABLES` (then glibc's own policy applies).
 ///
 /// Left alone, glibc raises its mmap threshold to the size of each mmapped
 /// block freed, up to 32 MiB (mallopt(3), "M_MMAP_THRESHOLD"), so after the
 /// first 14 MB input message or 16 MB decode buffer is freed every later one
 /// comes from the arenas, which keep the freed space: 128 clients of
-/// `bench/rss.py` peaked at 1 347 MiB. Fixing that threshold also fixes the
+/// `bench/rss.py` peaked at 1 235–1 347 MiB, against 1 003 with both
+/// thresholds fixed and 4 MiB messages. Fixing that threshold also fixes the
 /// trim threshold at 128 KiB, and the arenas then gave freed megabytes
 /// back and faulted them in again for every message (about 1 000
 /// `madvise(MADV_DONTNEED)` calls of 3–13 MiB in 8 s; one client of
@@ -65,7 +67,8 @@ fn tune_glibc_malloc() {
     const TRIM_THRESHOLD_BYTES: libc::c_int = 32 << 20;
     let operator_set = ["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"]
         .iter()
-        .any(|name| std::env::var_os(name).is_some());
+        .any(|name| std::env::var_os(name).is_some())
+        || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc."));
     if !operator_set {
         // SAFETY: mallopt only changes malloc's tuning parameters; it is
         // called before any other thread exists.

@@ -33,8 +33,8 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 256 << 20;
 ///
 /// A message waits whole, as an encoded copy, for a reader that is slow to
 /// take it, so this bounds the output each call holds beside the pool: at
-/// 16 MiB, 128 clients of `bench/rss.py` held 239 MiB of such copies, at
-/// 4 MiB 49–86 MiB, at the same images/s.
+/// 16 MiB, 32 and 128 clients of `bench/rss.py` held 236–239 MiB of such
+/// copies, at 4 MiB 95–100 MiB, at 0.98–1.0 of the images/s.
 pub const DEFAULT_TARGET_MESSAGE_BYTES: usize = 4 << 20;
 
 /// Default cap on rows in one input batch.
@@ -91,9 +91,10 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// needs a few messages per thread to stay busy; more only queues: with 32
 /// clients streaming 4 Mpx JPEGs, 1 GiB and 256 MiB gave the same images/s
 /// and 1 859 vs 1 270 MiB of peak RSS (`bench/rss.py --clients 32`). Less
-/// lets output outgrow it: with 64 MiB the pool was no longer full, so more
-/// batches were encoded and waited for their readers as copies (32
-/// clients: 570 MiB of them, 1 350 MiB peak RSS).
+/// is less memory but starves sooner: calls already streaming keep their
+/// place (see [`crate::budget`]), so with 64 MiB (15 MB messages) 8 clients
+/// peaked at 408–425 MiB against 549–554, but two of them got no rows until
+/// the others stopped; 256 MiB holds 17 such messages.
 pub const DEFAULT_MAX_INPUT_BYTES_IN_FLIGHT: usize = 256 << 20;
 
 impl Default for CallLimits {

@@ -57,7 +57,8 @@ def main() -> None:
         ceiling = steps * args.batch_size / (time.perf_counter() - t)
     print(f"model-only ceiling (resident batch of {args.batch_size}): {ceiling:,.0f} images/s")
 
-    # The server splits each 128-row float32 batch into ~16 MiB messages;
+    # The server splits each 128-row float32 batch into ~4 MiB messages
+    # (--target-message-bytes);
     # the loader regroups them so the model sees full batches.
     loader = TorchLoader(
         client.preprocess(images, spec=spec, batch_size=args.batch_size), device="cuda", batch_size=args.batch_size

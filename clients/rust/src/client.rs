@@ -28,7 +28,9 @@ use crate::input::{image_batches, image_schema};
 use crate::{ClientError, IntoSpecJson};
 
 /// Default largest message the client accepts (256 MiB, as the server).
-/// tonic's own default, 4 MiB, is smaller than one output message.
+/// tonic's own default, 4 MiB, is what the server aims output messages at
+/// (`--target-message-bytes`), and a message holds at least one row, which
+/// can be larger.
 pub const DEFAULT_MAX_DECODING_MESSAGE_SIZE: usize = 256 << 20;
 
 /// Default largest message the client sends (256 MiB, the server's default

@@ -181,8 +181,8 @@ async fn a_client_that_never_reads_gives_its_slot_back() {
     drop(unread);
 }
 
-/// A slow but honest reader (two seconds per batch against an idle
-/// timeout of three) is never cut off: taking output is progress.
+/// A slow but honest reader (two seconds per output message against an
+/// idle timeout of three) is never cut off: taking output is progress.
 #[tokio::test]
 async fn a_slow_reader_within_the_idle_timeout_completes() {
     let config = config(Duration::from_secs(3), 4);
