@@ -11,6 +11,8 @@
 //! `RESOURCE_EXHAUSTED` when room does not come within the idle timeout.
 //! So however many clients connect, partial messages, decoded input
 //! batches and messages queued for the engine together stay under one cap.
+//! (The memory goes with the charge: `DoExchange` and `DoPut` messages are
+//! assembled outside tonic's per-call read buffer, [`crate::assemble`].)
 //!
 //! Two rules keep the waiting deadlock-free:
 //!
@@ -506,7 +508,7 @@ impl HttpBody for MeteredBody {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
@@ -663,7 +665,7 @@ mod tests {
     }
 
     /// A request body that yields `frames` as data frames.
-    struct Frames(std::collections::VecDeque<bytes::Bytes>);
+    pub(crate) struct Frames(pub(crate) std::collections::VecDeque<bytes::Bytes>);
 
     impl HttpBody for Frames {
         type Data = bytes::Bytes;

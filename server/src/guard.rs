@@ -28,6 +28,7 @@ use tonic::Status;
 use tower_service::Service;
 use tracing::Instrument as _;
 
+use crate::assemble::{Assembled, AssemblingBody};
 use crate::auth::{self, AuthToken};
 use crate::budget::{InputBudget, InputMeter, MeteredBody};
 use crate::config::CallLimits;
@@ -153,6 +154,10 @@ fn deadline_status(after: Duration) -> Status {
 /// The streaming calls, whose progress is watched (`--idle-timeout`).
 const STREAMING_METHODS: &[&str] = &["DoExchange", "DoPut", "DoGet"];
 
+/// The calls that stream large input messages, assembled outside tonic's
+/// decoder so that a waiting call keeps none of them ([`crate::assemble`]).
+const ASSEMBLED_METHODS: &[&str] = &["DoExchange", "DoPut"];
+
 /// The longest `grpc-message` the server sends. Standard clients drop an
 /// answer whose metadata passes ~8-16 KiB and report RESOURCE_EXHAUSTED
 /// instead of the real status, so no message may quote unbounded input.
@@ -277,14 +282,27 @@ where
                 request.extensions_mut().insert(Arc::clone(&watch));
                 watch
             });
+            let assembled = ASSEMBLED_METHODS.contains(&method).then(|| {
+                let assembled = Arc::new(Assembled::default());
+                request.extensions_mut().insert(Arc::clone(&assembled));
+                assembled
+            });
             let request = request.map(|body| {
-                Body::new(MeteredBody::new(
+                let body = Body::new(MeteredBody::new(
                     body,
                     meter,
                     watch.clone(),
                     state.limits.idle_timeout,
                     state.max_message_bytes,
-                ))
+                ));
+                match assembled {
+                    Some(assembled) => Body::new(AssemblingBody::new(
+                        body,
+                        assembled,
+                        state.max_message_bytes,
+                    )),
+                    None => body,
+                }
             });
             // Frees a stuck call's slot even while HTTP/2 flow control keeps
             // its stream open; the data path sees the cancellation too.

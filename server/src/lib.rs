@@ -23,7 +23,8 @@
 //! Code map: `service` routes each RPC to its module under `rpc/`
 //! (`exchange`, `get`, `put`, `info`, `actions`); all streaming RPCs share
 //! `stream` (engine on the blocking pool, output split by `split`, status
-//! mapping); `guard` wraps every call (`auth`, limits, span, `metrics`);
+//! mapping); `guard` wraps every call (`auth`, limits, span, `metrics`,
+//! the input budget in `budget`, input messages assembled by `assemble`);
 //! `config` holds every config type; `serve` hosts it on a `listen`
 //! address, accepting through `conn`.
 //!
@@ -43,6 +44,7 @@
 //! `Unimplemented`. Client input never panics the server: engine panics are
 //! caught on the blocking thread and become `Internal`.
 
+mod assemble;
 mod auth;
 mod budget;
 mod config;

@@ -11,6 +11,7 @@ use arrow_flight::{
 use futures::stream::{self, BoxStream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::assemble::{input_messages, Assembled};
 use crate::auth;
 use crate::config::ServiceConfig;
 use crate::rpc::actions::{self, ACTIONS};
@@ -70,6 +71,15 @@ fn call_watch<T>(request: &Request<T>) -> Arc<CallWatch> {
         .get::<Arc<CallWatch>>()
         .cloned()
         .unwrap_or_else(CallWatch::unwatched)
+}
+
+/// The call's input messages, taken from where the call guard assembled
+/// them ([`crate::assemble`]) or, without the guard, as tonic decoded them.
+fn assembled_input(
+    request: Request<Streaming<FlightData>>,
+) -> BoxStream<'static, Result<FlightData, Status>> {
+    let assembled = request.extensions().get::<Arc<Assembled>>().cloned();
+    input_messages(request.into_inner(), assembled)
 }
 
 /// The role the call guard gave the call; a service driven without the
@@ -167,7 +177,8 @@ impl FlightService for PixelfeedService {
     ) -> Result<Response<Self::DoPutStream>, Status> {
         auth::require_operator(call_role(&request), "DoPut")?;
         let watch = call_watch(&request);
-        let answer = put::do_put(&self.config, request.into_inner(), watch).await?;
+        let input = assembled_input(request);
+        let answer = put::do_put(&self.config, input, watch).await?;
         let result = PutResult {
             app_metadata: answer.to_string().into(),
         };
@@ -179,7 +190,8 @@ impl FlightService for PixelfeedService {
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
         let watch = call_watch(&request);
-        let stream = exchange::start(request.into_inner(), Arc::clone(&self.config), watch).await?;
+        let stream =
+            exchange::start(assembled_input(request), Arc::clone(&self.config), watch).await?;
         Ok(Response::new(stream))
     }
 

@@ -10,10 +10,11 @@ use arrow_flight::error::FlightError;
 use arrow_flight::flight_descriptor::DescriptorType;
 use arrow_flight::FlightData;
 use arrow_schema::SchemaRef;
+use futures::stream::{BoxStream, StreamExt};
 use pixelfeed_data::upload::Upload;
 use pixelfeed_data::{check_name, DatasetError};
 use serde_json::{json, Value};
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 use super::dataset_status;
 use crate::config::ServiceConfig;
@@ -35,12 +36,13 @@ async fn blocking<T: Send + 'static>(
 /// descriptor) and answers JSON `{"name", "rows"}`.
 pub(crate) async fn do_put(
     config: &ServiceConfig,
-    mut input: Streaming<FlightData>,
+    mut input: BoxStream<'static, Result<FlightData, Status>>,
     watch: Arc<CallWatch>,
 ) -> Result<Value, Status> {
     let first = input
-        .message()
+        .next()
         .await
+        .transpose()
         .map_err(|status| input_status(FlightError::from(status)))?
         .ok_or_else(|| Status::invalid_argument("DoPut: the client sent no message"))?;
     watch.touch();
