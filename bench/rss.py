@@ -8,7 +8,7 @@ RSS (VmHWM) is compared with its output-pool cap + 256 MiB.
                                   [--streams 1] [--server-arg=--flag=value ...]
 
 Every client runs one DoExchange that streams batches of 32 images back to
-back for --seconds (the Python client keeps 2 batches in flight). Prints
+back for --seconds (the Python client keeps one batch in flight per call). Prints
 one JSON line: rows, images/s, the fewest rows one client got (0 would be a
 starved client), the median and longest wait for a client's first rows and
 how many clients got theirs only after the others stopped sending (calls

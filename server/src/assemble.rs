@@ -179,7 +179,8 @@ impl HttpBody for AssemblingBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        // A message cut short still owes tonic its error.
+        self.inner.is_end_stream() && (self.unchanged || self.ended_early().is_none())
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -29,15 +29,19 @@
 //!   them. Such a message is admitted over the cap (the overdraft makes
 //!   later calls wait longer); each call reads at most a pipeline's depth
 //!   ahead, so the overdraft is bounded by the calls with unsent output.
-//!   The price: calls already streaming always owe output when their next
-//!   message comes, so they keep their place, and a call that starts while
-//!   the budget is full waits for room that they keep taking, until some
-//!   of them end: late calls starve once the streaming calls' messages
-//!   fill the budget (64 MiB, 15 MB messages: with 8 clients two got their
-//!   first rows after 25 s, once the others had stopped; with 32 the
-//!   median first row came at 34 s, against 4–6 s with 256 MiB, which
-//!   still left 13–14 of 32 clients without rows until the others
-//!   stopped). Tried and not
+//!   The price: calls that write a batch ahead of their reads always owe
+//!   output when their next message comes, so they keep their place, and a
+//!   call that starts while the budget is full waits for room that they
+//!   keep taking, until some of them end: late calls starve once such
+//!   calls' messages fill the budget (64 MiB, 15 MB messages, pyarrow
+//!   clients two batches ahead: with 8 clients two got their first rows
+//!   after 25 s, once the others had stopped; with 32 the median first
+//!   row came at 34 s, against 4–6 s with 256 MiB, which still left 13–14
+//!   of 32 clients without rows until the others stopped). A client that
+//!   sends its next batch only once it has read the last one's rows (the
+//!   Python client: one batch in flight per call, several calls) owes
+//!   nothing when it sends, waits in line holding nothing, and is served
+//!   in arrival order. Tried and not
 //!   kept: making owing calls wait in line until it stalled (0.5 s) let
 //!   unread output pile up as 16 MiB encoded copies while their clients
 //!   stood blocked in their writes (128 clients: 2.2 GiB of them, 5.0 GiB

@@ -87,15 +87,19 @@ pub struct CallLimits {
 /// slots within a minute.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Default [`CallLimits::max_input_bytes_in_flight`]: 256 MiB. The engine
-/// needs a few messages per thread to stay busy; more only queues: with 32
-/// clients streaming 4 Mpx JPEGs, 1 GiB and 256 MiB gave the same images/s
-/// and 1 859 vs 1 270 MiB of peak RSS (`bench/rss.py --clients 32`). Less
-/// is less memory but starves sooner: calls already streaming keep their
-/// place (see [`crate::budget`]), so with 64 MiB (15 MB messages) 8 clients
-/// peaked at 408–425 MiB against 549–554, but two of them got no rows until
-/// the others stopped; 256 MiB holds 17 such messages.
-pub const DEFAULT_MAX_INPUT_BYTES_IN_FLIGHT: usize = 256 << 20;
+/// Default [`CallLimits::max_input_bytes_in_flight`]: 64 MiB, four 15 MB
+/// messages of 32 four-megapixel JPEGs, about 18 of 32 ImageNet-sized
+/// ones. The engine runs one batch at a time on all its threads, so a few
+/// queued messages keep it busy; more only queue. With clients that keep
+/// one batch in flight per call (the Python client), `bench/rss.py
+/// --clients N --pool-mib 256` gave the same images/s with 64 MiB as with
+/// 256 MiB and clients two batches ahead (0.98–1.0), every client its
+/// first rows within one round, and 299 / 341 / 557 MiB of peak RSS at 8 /
+/// 32 / 128 clients against 478 / 722 / 815 (where 13 of 32 clients got no
+/// rows until the others stopped). Clients that write ahead of their reads
+/// keep their place under a full budget ([`crate::budget`]); for them a
+/// larger budget only moves the point where late calls wait.
+pub const DEFAULT_MAX_INPUT_BYTES_IN_FLIGHT: usize = 64 << 20;
 
 impl Default for CallLimits {
     fn default() -> Self {

@@ -166,12 +166,12 @@ def test_default_streams_come_from_the_server_or_the_cpu_count(server, monkeypat
         assert sum(b.num_rows for b in it) == 16 and it.streams == want
     finally:
         c.close()
-    for reported, want in [({"threads": 16}, 4), ({"threads": 3}, 3), ({"threads": 1}, 1), ({}, None)]:
+    for reported, want in [({"threads": 16}, 4), ({"threads": 3}, 3), ({"threads": 1}, 2), ({}, None)]:
         c = pixelfeed.connect(server.location)
         monkeypatch.setattr(c, "stats", lambda timeout=None, r=reported: r)
-        assert c.default_streams() == (want or min(4, os.cpu_count() or 1))
+        assert c.default_streams() == (want or max(2, min(4, os.cpu_count() or 1)))
         c.close()
-    assert default_streams_for(None) == min(4, os.cpu_count() or 1)
+    assert default_streams_for(None) == max(2, min(4, os.cpu_count() or 1))
 
 
 def test_bad_arguments_are_refused_before_any_call():

@@ -36,9 +36,10 @@ second thread writes or half-closes a call the server is ending. The one
 cross-thread operation is ``cancel()``: gRPC's ``ClientContext::TryCancel``,
 thread-safe by contract, which starts no operation on the call; it is how a
 stream blocked in a read is stopped promptly. Each call keeps at most
-:data:`_BATCHES_IN_FLIGHT` input batches ahead of its outputs (below the
+:data:`_BATCHES_IN_FLIGHT` (one) input batch ahead of its outputs (below the
 server's pipeline depth of two), so neither side waits on the other's flow
-control.
+control, and a call waiting for the server's input budget holds nothing
+there.
 """
 
 from __future__ import annotations
@@ -58,11 +59,20 @@ from ._contract import SEED_COLUMN
 
 __all__ = ["StreamedBatches", "default_streams_for", "default_prefetch", "MAX_DEFAULT_STREAMS", "seed_column_kind"]
 
-#: Input batches one call writes ahead of the rows it has read back. Below
-#: the server's pipeline depth (two processed batches queued besides the one
-#: being sent), so the server always keeps reading and a write never waits on
-#: our own reads.
-_BATCHES_IN_FLIGHT = 2
+#: Input batches one call writes ahead of the rows it has read back: one. A
+#: call then sends its next batch only once it has read every row it is
+#: owed, so while that batch waits for the server's input budget
+#: (``--max-input-bytes-in-flight``) the call holds nothing on the server,
+#: and calls are served first come, first served. With two, a call owes its
+#: output whenever it sends, the server must let such a message past the
+#: budget (pyarrow reads nothing while its write is held back, which would
+#: pin the output), and under a full budget calls already streaming kept
+#: their place: 13 of 32 clients got no rows until the others stopped
+#: (``bench/rss.py --clients 32``). The pipelining comes from the streams:
+#: measured with ``bench/run.py --set all``, two streams of one batch gave
+#: 0.99 of the images/s of two streams of two (median of 5 rounds), one call
+#: alone 0.87-0.92 on the imagenet set and 0.97-0.98 on the large set.
+_BATCHES_IN_FLIGHT = 1
 #: The most streams chosen by default (see :func:`default_streams_for`).
 MAX_DEFAULT_STREAMS = 4
 #: Seconds :meth:`StreamedBatches.close` waits for each cancelled stream's thread.
@@ -77,30 +87,31 @@ _call_ids = itertools.count()
 
 
 def default_streams_for(threads: Optional[int]) -> int:
-    """Streams used when the caller does not say: ``min(4, threads)``, at least 1.
+    """Streams used when the caller does not say: ``threads`` clamped to 2..4.
 
     ``threads`` is the server's engine thread count when its ``stats`` reports
     one, else the number of CPUs of this machine. The engine spreads every
     batch over all its threads; more calls only hide the tail of one batch
     behind the start of another and the client's turnaround, which a few do.
-    Each call also holds up to three output blocks of the server's pool
-    (``PIPELINE_DEPTH`` queued plus the one being sent), so many calls of
-    large batches would fill a 1 GiB pool.
+    Each call holds the output block of its one batch in flight in the
+    server's pool, so many calls of large batches would fill a 1 GiB pool.
+    Since each call keeps one batch in flight, at least two streams keep
+    the server busy while one call turns around (a lone call ran at
+    0.87-0.92 of two streams' images/s on small images).
     """
     if not threads or threads < 1:
         threads = os.cpu_count() or 1
-    return max(1, min(MAX_DEFAULT_STREAMS, int(threads)))
+    return max(2, min(MAX_DEFAULT_STREAMS, int(threads)))
 
 
 def default_prefetch(streams: int) -> int:
-    """Input batches in flight ahead of the caller by default: ``2 * streams + 2``.
+    """Input batches in flight ahead of the caller by default: ``streams + 2``.
 
-    Each call keeps :data:`_BATCHES_IN_FLIGHT` on the wire, as the one-call
-    client does; the window also counts outputs read back and not yet taken
-    (the one being handed over, one ready after it). With only ``2 *
-    streams`` the calls run out of input whenever outputs wait for the
-    caller: measured 6-8 % fewer images/s than the one-call client on 2
-    cores, none with this window.
+    Each call keeps :data:`_BATCHES_IN_FLIGHT` (one) on the wire, as the
+    one-call client does; the window also counts outputs read back and not
+    yet taken (the one being handed over, one ready after it). Without those
+    two the calls run out of input whenever outputs wait for the caller
+    (measured 6-8 % fewer images/s on 2 cores).
     """
     return _BATCHES_IN_FLIGHT * streams + 2
 

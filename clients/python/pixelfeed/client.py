@@ -47,7 +47,7 @@ ImagesLike = Union[
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 # _BATCHES_IN_FLIGHT (from ._streams): input batches written ahead of the rows
-# read back in one exchange, below the server's pipeline depth of two.
+# read back in one exchange (one: see its comment for why).
 _BINARY_LIMIT = (1 << 31) - 1  # total bytes one `binary` array can address
 
 
@@ -294,12 +294,14 @@ class Client:
         return value
 
     def default_streams(self, *, timeout: Optional[float] = None) -> int:
-        """The number of ``DoExchange`` calls :meth:`preprocess` runs when not told: ``min(4, threads)``.
+        """The number of ``DoExchange`` calls :meth:`preprocess` runs when not told: ``threads`` clamped to 2..4.
 
         ``threads`` is the engine thread count the server reports as
         ``"threads"`` in ``DoAction("stats")``; a server that does not report
-        one (or refuses the action) gets ``min(4, os.cpu_count())`` of this
-        machine. Asked once per client; a transient failure (server
+        one (or refuses the action) gets this machine's CPU count, clamped
+        the same way. Two at least because each call keeps one batch in
+        flight: a lone call leaves the server idle while it turns around.
+        Asked once per client; a transient failure (server
         unavailable, timeout) is not remembered.
         """
         if self._default_streams is None:
@@ -380,7 +382,7 @@ class Client:
             flips included: with several streams every row is sent with its
             position in the whole input as its ``seed`` column key, unless the
             input has a ``seed`` column of its own; that column is not in the
-            output). Default: :meth:`default_streams`, ``min(4, threads)``
+            output). Default: :meth:`default_streams`, ``threads`` clamped to 2..4
             with ``threads`` the server's (``stats``) or this machine's CPU
             count. An input whose ``seed`` column is not int32/int64/uint32/uint64
             runs on one stream by default and refuses ``streams > 1``.
@@ -388,8 +390,8 @@ class Client:
             Input batches in flight ahead of the caller: dealt to the streams
             and not yet handed over. Up to that many output batches wait in
             this process's memory when the caller is slower than the server.
-            Default ``2 * streams + 2``: two batches on the wire per call (as
-            the one-call client keeps) plus the one being handed over and one
+            Default ``streams + 2``: one batch on the wire per call (as the
+            one-call client keeps) plus the one being handed over and one
             ready after it; smaller windows leave the calls without input
             while outputs wait for the caller. ``0``: no threads; one call
             runs on the caller's thread, writing and reading in turn as the
