@@ -16,8 +16,9 @@
 //! (the one copy tonic made), queues it in the call's [`Assembled`], and
 //! gives tonic an empty message (a zero-length prefix) in its place.
 //! [`input_messages`] swaps each empty message tonic yields for the next
-//! queued one, decoded; its payload slices the message's own allocation,
-//! which is freed once the batch built on it is dropped. A message tonic
+//! queued one, decoded; its payload slices the message's own allocation
+//! (arrow-flight copies it once more when it is not 64-byte aligned, as it
+//! did tonic's), which is freed once nothing built on it is left. A message tonic
 //! must refuse (compressed, which this server does not accept, or longer
 //! than `--max-message-bytes`) goes to tonic unchanged, with the rest of
 //! the body, so its error is tonic's own.
@@ -169,7 +170,12 @@ impl HttpBody for AssemblingBody {
                 Some(Err(status)) => return Poll::Ready(Some(Err(status))),
             };
             let Some(data) = frame.data_ref() else {
-                return Poll::Ready(Some(Ok(frame)));
+                // Trailers end the request: a message cut short by them is
+                // an error too, where tonic would end the stream quietly.
+                return Poll::Ready(Some(match self.ended_early() {
+                    Some(status) => Err(status),
+                    None => Ok(frame),
+                }));
             };
             let out = self.assemble(data);
             if !out.is_empty() {
@@ -208,8 +214,12 @@ where
     input
         .map(move |placeholder| {
             placeholder?;
+            // ABORTED, which the data path passes on as it is: a server bug,
+            // not the client's input.
             let message = assembled.queue().pop_front().ok_or_else(|| {
-                Status::internal("an input message was decoded before it was assembled")
+                Status::aborted(
+                    "server error: an input message was decoded before it was assembled",
+                )
             })?;
             FlightData::decode(message).map_err(|e| {
                 Status::invalid_argument(format!("could not decode the input stream: {e}"))
@@ -291,6 +301,51 @@ mod tests {
             let error = error.expect("an error");
             assert_eq!(error.code(), tonic::Code::InvalidArgument);
             assert!(error.message().contains(what), "{}", error.message());
+        }
+    }
+
+    async fn next_frame(body: &mut AssemblingBody) -> Option<Result<Frame<Bytes>, Status>> {
+        std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
+    }
+
+    /// A body of `frames`, trailers included.
+    struct Framed(VecDeque<Frame<Bytes>>);
+
+    impl HttpBody for Framed {
+        type Data = Bytes;
+        type Error = Status;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+    }
+
+    #[tokio::test]
+    async fn trailers_inside_a_message_are_an_error_and_after_one_pass_on() {
+        let wire = message(10, 1);
+        for (end, cut_short) in [(8, true), (15, false)] {
+            let frames = [
+                Frame::data(Bytes::copy_from_slice(&wire[..end])),
+                Frame::trailers(http::HeaderMap::new()),
+            ];
+            let inner = Body::new(Framed(frames.into()));
+            let mut body = AssemblingBody::new(inner, Arc::default(), 1 << 20);
+            let first = next_frame(&mut body).await.expect("a frame");
+            let last = if cut_short {
+                first
+            } else {
+                next_frame(&mut body).await.expect("trailers")
+            };
+            match last {
+                Err(status) => {
+                    assert!(cut_short);
+                    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+                }
+                Ok(frame) => assert!(!cut_short && frame.is_trailers()),
+            }
         }
     }
 

@@ -11,8 +11,9 @@
 //! `RESOURCE_EXHAUSTED` when room does not come within the idle timeout.
 //! So however many clients connect, partial messages, decoded input
 //! batches and messages queued for the engine together stay under one cap.
-//! (The memory goes with the charge: `DoExchange` and `DoPut` messages are
-//! assembled outside tonic's per-call read buffer, [`crate::assemble`].)
+//! (`DoExchange` and `DoPut` messages are assembled outside tonic's
+//! per-call read buffer, [`crate::assemble`], so no call keeps a message's
+//! memory after its batch is dropped.)
 //!
 //! Two rules keep the waiting deadlock-free:
 //!

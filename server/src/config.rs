@@ -93,10 +93,11 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// queued messages keep it busy; more only queue. With clients that keep
 /// one batch in flight per call (the Python client), `bench/rss.py
 /// --clients N --pool-mib 256` gave the same images/s with 64 MiB as with
-/// 256 MiB and clients two batches ahead (0.98–1.0), every client its
-/// first rows within one round, and 299 / 341 / 557 MiB of peak RSS at 8 /
+/// 256 MiB and clients two batches ahead (1.0–1.04), every client its
+/// first rows within one round, and 270 / 386 / 558 MiB of peak RSS at 8 /
 /// 32 / 128 clients against 478 / 722 / 815 (where 13 of 32 clients got no
-/// rows until the others stopped). Clients that write ahead of their reads
+/// rows until the others stopped); 256 / 300 / 334 MiB once output was
+/// framed outside tonic's encoder (`outbox`). Clients that write ahead of their reads
 /// keep their place under a full budget ([`crate::budget`]); for them a
 /// larger budget only moves the point where late calls wait.
 pub const DEFAULT_MAX_INPUT_BYTES_IN_FLIGHT: usize = 64 << 20;

@@ -10,6 +10,7 @@
 //! it, or the deadline cut it) drops the service's stream, whose producer
 //! then stops and releases its pool blocks.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future as _;
 use std::pin::Pin;
@@ -34,6 +35,7 @@ use crate::budget::{InputBudget, InputMeter, MeteredBody};
 use crate::config::CallLimits;
 use crate::conn::{ActiveCall, ConnInfo};
 use crate::metrics::{GaugeGuard, Metrics};
+use crate::outbox::Outbox;
 use crate::watch::CallWatch;
 
 /// The gRPC method path of `Handshake`, which authenticates itself.
@@ -157,6 +159,10 @@ const STREAMING_METHODS: &[&str] = &["DoExchange", "DoPut", "DoGet"];
 /// The calls that stream large input messages, assembled outside tonic's
 /// decoder so that a waiting call keeps none of them ([`crate::assemble`]).
 const ASSEMBLED_METHODS: &[&str] = &["DoExchange", "DoPut"];
+
+/// The calls that stream large output messages, framed outside tonic's
+/// encoder for the same reason ([`crate::outbox`]).
+const FRAMED_METHODS: &[&str] = &["DoExchange", "DoGet"];
 
 /// The longest `grpc-message` the server sends. Standard clients drop an
 /// answer whose metadata passes ~8-16 KiB and report RESOURCE_EXHAUSTED
@@ -287,6 +293,11 @@ where
                 request.extensions_mut().insert(Arc::clone(&assembled));
                 assembled
             });
+            let outbox = FRAMED_METHODS.contains(&method).then(|| {
+                let outbox = Outbox::new(state.max_message_bytes);
+                request.extensions_mut().insert(Arc::clone(&outbox));
+                outbox
+            });
             let request = request.map(|body| {
                 let body = Body::new(MeteredBody::new(
                     body,
@@ -372,6 +383,8 @@ where
                         )
                     }),
                     watch,
+                    outbox,
+                    framed: VecDeque::new(),
                     scope,
                     done: false,
                 })
@@ -387,11 +400,24 @@ struct GuardedBody {
     inner: Body,
     deadline: Option<(Duration, Pin<Box<Sleep>>)>,
     watch: Option<Arc<CallWatch>>,
+    /// Where the call's output messages wait, framed (see [`crate::outbox`]).
+    outbox: Option<Arc<Outbox>>,
+    /// Chunks of framed messages swapped in and not yet handed on.
+    framed: VecDeque<bytes::Bytes>,
     scope: CallScope,
     done: bool,
 }
 
 impl GuardedBody {
+    /// `chunk`, output on its way to the transport: counted until written,
+    /// and progress (the client's window took the one before).
+    fn handed_on(&self, chunk: bytes::Bytes) -> bytes::Bytes {
+        if let Some(watch) = &self.watch {
+            watch.touch();
+        }
+        counted_until_written(chunk, self.scope.metrics.output_bytes_in_flight())
+    }
+
     /// Ends the body with `status` in its trailers and drops the service's
     /// stream now, so its producer stops and returns its pool blocks.
     fn end_with(&mut self, status: Status) -> Poll<Option<Result<Frame<bytes::Bytes>, Status>>> {
@@ -452,6 +478,9 @@ impl HttpBody for GuardedBody {
                 return self.end_with(status);
             }
         }
+        if let Some(chunk) = self.framed.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(self.handed_on(chunk)))));
+        }
         let mut frame = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &mut frame {
             if let Some(trailers) = frame.trailers_mut() {
@@ -459,22 +488,23 @@ impl HttpBody for GuardedBody {
                 if let Some(code) = status_code(trailers) {
                     self.scope.code = code;
                 }
-            } else {
-                if let Some(watch) = &self.watch {
-                    // The client took an output message: progress.
-                    watch.touch();
+            } else if let Some(data) = frame.data_mut() {
+                let mut chunk = std::mem::take(data);
+                if let Some(outbox) = self.outbox.clone() {
+                    match outbox.swap(&chunk) {
+                        Ok(framed) => self.framed.extend(framed),
+                        Err(status) => return self.end_with(status),
+                    }
+                    chunk = self.framed.pop_front().unwrap_or_default();
                 }
-                if let Some(data) = frame.data_mut() {
-                    let in_flight = self.scope.metrics.output_bytes_in_flight();
-                    *data = counted_until_written(std::mem::take(data), in_flight);
-                }
+                *data = self.handed_on(chunk);
             }
         }
         frame
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done || self.inner.is_end_stream()
+        self.done || (self.framed.is_empty() && self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -24,7 +24,8 @@
 //! (`exchange`, `get`, `put`, `info`, `actions`); all streaming RPCs share
 //! `stream` (engine on the blocking pool, output split by `split`, status
 //! mapping); `guard` wraps every call (`auth`, limits, span, `metrics`,
-//! the input budget in `budget`, input messages assembled by `assemble`);
+//! the input budget in `budget`, input messages assembled by `assemble`,
+//! output messages framed by `outbox`);
 //! `config` holds every config type; `serve` hosts it on a `listen`
 //! address, accepting through `conn`.
 //!
@@ -52,6 +53,7 @@ mod conn;
 mod guard;
 mod listen;
 mod metrics;
+mod outbox;
 mod rpc;
 mod serve;
 mod service;

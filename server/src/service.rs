@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::assemble::{input_messages, Assembled};
 use crate::auth;
 use crate::config::ServiceConfig;
+use crate::outbox::{framed_output, Outbox};
 use crate::rpc::actions::{self, ACTIONS};
 use crate::rpc::{exchange, get, info, put};
 use crate::stream::FlightDataStream;
@@ -167,8 +168,9 @@ impl FlightService for PixelfeedService {
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
         let watch = call_watch(&request);
+        let outbox = request.extensions().get::<Arc<Outbox>>().cloned();
         let stream = get::do_get(&self.config, &request.into_inner().ticket, watch)?;
-        Ok(Response::new(stream))
+        Ok(Response::new(framed_output(stream, outbox)))
     }
 
     async fn do_put(
@@ -190,9 +192,10 @@ impl FlightService for PixelfeedService {
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
         let watch = call_watch(&request);
+        let outbox = request.extensions().get::<Arc<Outbox>>().cloned();
         let stream =
             exchange::start(assembled_input(request), Arc::clone(&self.config), watch).await?;
-        Ok(Response::new(stream))
+        Ok(Response::new(framed_output(stream, outbox)))
     }
 
     async fn do_action(

@@ -1,23 +1,27 @@
 """The server-wide input budget under more clients than it holds messages.
 
 Twelve clients (pyarrow underneath: a call's thread blocks in its write and
-reads nothing until the write is taken) each keep two batches of about
-4.8 MB in flight, against a budget of 12 MiB (two and a half such
-messages) and an output pool of three 9.6 MB blocks. Some clients run
-three calls over one connection. Charging input frame by frame let every
-call hold part of a message and wait for room for the rest, which stalled
-every call until the idle timeout. Every row must come back, in order, and
-the budget and pool must be empty afterwards.
+reads nothing until the write is taken) send batches of about 4.8 MB,
+against a budget of 12 MiB (two and a half such messages) and an output
+pool of three 9.6 MB blocks. Half use the Python client (one batch in
+flight per call; some run three calls over one connection); the other
+half are bare pyarrow calls that write two batches ahead of their reads,
+so they owe output whenever they send and go over the cap. Charging input
+frame by frame let every call hold part of a message and wait for room for
+the rest, which stalled every call until the idle timeout. Every row must
+come back, in order, and the budget and pool must be empty afterwards.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import threading
 from typing import List
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.flight as flight
 from PIL import Image
 
 import pixelfeed
@@ -65,16 +69,44 @@ def test_more_clients_than_the_budget_holds_all_finish():
                     "id": pa.array(range(first, first + ROWS), pa.int64()),
                 })
 
+        def taken(i: int, out: pa.RecordBatch) -> None:
+            if not pixelfeed.valid(out).all():
+                failures.append(f"client {i}: {set(e for e in pixelfeed.errors(out) if e)}")
+            ids[i].extend(out.column("id").to_pylist())
+
+        def two_ahead(i: int) -> None:
+            """A bare pyarrow call writing two batches ahead of its reads."""
+            conn = flight.connect(server.location)
+            try:
+                descriptor = flight.FlightDescriptor.for_command(json.dumps(SPEC))
+                writer, reader = conn.do_exchange(descriptor)
+                pending = list(batches(i))
+                writer.begin(pending[0].schema)
+                sent = 0
+                for batch in pending:
+                    writer.write_batch(batch)
+                    sent += 1
+                    while len(ids[i]) < (sent - 2) * ROWS:
+                        taken(i, reader.read_chunk().data)
+                writer.done_writing()
+                for out in reader:
+                    if out.data is not None:
+                        taken(i, out.data)
+                writer.close()
+            except Exception as e:  # noqa: BLE001 - every failure is the test's
+                failures.append(f"client {i}: {type(e).__name__}: {e}")
+            finally:
+                conn.close()
+
         def worker(i: int) -> None:
+            if i % 2:
+                return two_ahead(i)
             client = pixelfeed.connect(server.location)
             try:
                 # Every third client runs three calls over its one connection.
                 streams = 3 if i % 3 == 0 else 1
                 for out in client.preprocess(batches(i), spec=SPEC, batch_size=ROWS, streams=streams, prefetch=2):
-                    if not pixelfeed.valid(out).all():
-                        failures.append(f"client {i}: {set(e for e in pixelfeed.errors(out) if e)}")
-                        return
-                    ids[i].extend(out.column("id").to_pylist())
+                    taken(i, out)
             except Exception as e:  # noqa: BLE001 - every failure is the test's
                 failures.append(f"client {i}: {type(e).__name__}: {e}")
             finally:

@@ -292,7 +292,12 @@ def test_closing_early_cancels_every_call_and_frees_the_pool(busy_server, how):
     watcher = pixelfeed.connect(busy_server.location)
     stop = threading.Event()
     try:
-        it = c.preprocess(_endless(stop), spec="imagenet", streams=3)
+        # A window wider than the default (streams + 2) keeps the calls
+        # sending while this thread takes nothing: each call holds the
+        # output block of its one batch in flight only until it has read
+        # that batch back, so with the default window the server may hold
+        # none by the time we look.
+        it = c.preprocess(_endless(stop), spec="imagenet", streams=3, prefetch=16)
         first = next(it)
         # The first message of the first batch (8 float32 images, 4.8 MB:
         # cut at --target-message-bytes, 4 MiB by default).

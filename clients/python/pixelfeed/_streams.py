@@ -71,7 +71,9 @@ __all__ = ["StreamedBatches", "default_streams_for", "default_prefetch", "MAX_DE
 #: (``bench/rss.py --clients 32``). The pipelining comes from the streams:
 #: measured with ``bench/run.py --set all``, two streams of one batch gave
 #: 0.99 of the images/s of two streams of two (median of 5 rounds), one call
-#: alone 0.87-0.92 on the imagenet set and 0.97-0.98 on the large set.
+#: alone 0.87-0.92 on the imagenet set and 0.97-0.98 on the large set
+#: (before the server framed output without tonic's copy, which gave back
+#: 1.11-1.13 on the imagenet set).
 _BATCHES_IN_FLIGHT = 1
 #: The most streams chosen by default (see :func:`default_streams_for`).
 MAX_DEFAULT_STREAMS = 4

@@ -34,9 +34,10 @@ use crate::client::ExchangeStream;
 use crate::{Client, ClientError, IntoSpecJson};
 
 /// Default number of calls for [`Client::exchange_ordered`] when the server
-/// reports `threads` engine threads: `min(4, threads)`, the Python client's
-/// rule (`Client.default_streams`). Four calls already overlap every gap
-/// of one call; more only hold more memory in the server.
+/// reports `threads` engine threads: `min(4, threads)`. Four calls already
+/// overlap every gap of one call; more only hold more memory in the
+/// server. (The Python client takes at least two, as each of its calls
+/// keeps one batch in flight; these calls read while they write.)
 pub fn default_streams(threads: usize) -> usize {
     threads.clamp(1, 4)
 }
