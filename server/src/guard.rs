@@ -409,13 +409,13 @@ struct GuardedBody {
 }
 
 impl GuardedBody {
-    /// `chunk`, output on its way to the transport: counted until written,
-    /// and progress (the client's window took the one before).
+    /// `chunk` (already counted in the output bytes in flight), handed to
+    /// the transport: progress, as the client's window took the one before.
     fn handed_on(&self, chunk: bytes::Bytes) -> bytes::Bytes {
         if let Some(watch) = &self.watch {
             watch.touch();
         }
-        counted_until_written(chunk, self.scope.metrics.output_bytes_in_flight())
+        chunk
     }
 
     /// Ends the body with `status` in its trailers and drops the service's
@@ -466,6 +466,11 @@ impl HttpBody for GuardedBody {
         if self.done {
             return Poll::Ready(None);
         }
+        // The rest of a message already begun goes before any ending: the
+        // client would read a length prefix without its bytes.
+        if let Some(chunk) = self.framed.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(self.handed_on(chunk)))));
+        }
         if let Some((after, sleep)) = &mut self.deadline {
             if sleep.as_mut().poll(cx).is_ready() {
                 let status = deadline_status(*after);
@@ -478,9 +483,6 @@ impl HttpBody for GuardedBody {
                 return self.end_with(status);
             }
         }
-        if let Some(chunk) = self.framed.pop_front() {
-            return Poll::Ready(Some(Ok(Frame::data(self.handed_on(chunk)))));
-        }
         let mut frame = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &mut frame {
             if let Some(trailers) = frame.trailers_mut() {
@@ -489,10 +491,17 @@ impl HttpBody for GuardedBody {
                     self.scope.code = code;
                 }
             } else if let Some(data) = frame.data_mut() {
-                let mut chunk = std::mem::take(data);
+                let in_flight = self.scope.metrics.output_bytes_in_flight().clone();
+                let mut chunk = counted_until_written(std::mem::take(data), &in_flight);
                 if let Some(outbox) = self.outbox.clone() {
+                    // Counted from here: a body waiting behind its head is
+                    // output on its way to the socket too.
                     match outbox.swap(&chunk) {
-                        Ok(framed) => self.framed.extend(framed),
+                        Ok(framed) => self.framed.extend(
+                            framed
+                                .into_iter()
+                                .map(|c| counted_until_written(c, &in_flight)),
+                        ),
                         Err(status) => return self.end_with(status),
                     }
                     chunk = self.framed.pop_front().unwrap_or_default();

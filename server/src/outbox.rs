@@ -65,8 +65,9 @@ impl Outbox {
 
     /// Frames `message`, queues it, and returns the placeholder for tonic.
     ///
-    /// Errors: `OUT_OF_RANGE` for a message over `max_message` bytes, with
-    /// tonic's wording (the data path maps it as it mapped tonic's).
+    /// Errors: `OUT_OF_RANGE` for a message over `max_message` bytes (or
+    /// over gRPC's 4 GiB), with tonic's wording, as tonic's encoder ended
+    /// the call.
     fn post(&self, mut message: FlightData) -> Result<FlightData, Status> {
         let body = std::mem::take(&mut message.data_body);
         let head_fields = message.encoded_len();
@@ -76,10 +77,10 @@ impl Outbox {
             length_delimiter_len(DATA_BODY_KEY) + length_delimiter_len(body.len()) + body.len()
         };
         let len = head_fields + body_field;
-        if len > self.max_message {
+        let limit = self.max_message.min(u32::MAX as usize);
+        if len > limit {
             return Err(Status::out_of_range(format!(
-                "Error, encoded message length too large: found {len} bytes, the limit is: {} bytes",
-                self.max_message
+                "Error, encoded message length too large: found {len} bytes, the limit is: {limit} bytes"
             )));
         }
         let mut head = BytesMut::with_capacity(PREFIX_BYTES + head_fields + 16);
