@@ -241,8 +241,8 @@ mod tests {
     }
 
     fn body(wire: &[u8], cut: usize) -> AssemblingBody {
-        let frames = wire.chunks(cut).map(Bytes::copy_from_slice).collect();
-        AssemblingBody::new(Body::new(Frames(frames)), Arc::default(), 1 << 20)
+        let frames = Frames::data(wire.chunks(cut).map(Bytes::copy_from_slice));
+        AssemblingBody::new(Body::new(frames), Arc::default(), 1 << 20)
     }
 
     async fn drain(body: &mut AssemblingBody) -> (Vec<u8>, Option<Status>) {
@@ -308,21 +308,6 @@ mod tests {
         std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
     }
 
-    /// A body of `frames`, trailers included.
-    struct Framed(VecDeque<Frame<Bytes>>);
-
-    impl HttpBody for Framed {
-        type Data = Bytes;
-        type Error = Status;
-
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _cx: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-            Poll::Ready(self.0.pop_front().map(Ok))
-        }
-    }
-
     #[tokio::test]
     async fn trailers_inside_a_message_are_an_error_and_after_one_pass_on() {
         let wire = message(10, 1);
@@ -331,7 +316,7 @@ mod tests {
                 Frame::data(Bytes::copy_from_slice(&wire[..end])),
                 Frame::trailers(http::HeaderMap::new()),
             ];
-            let inner = Body::new(Framed(frames.into()));
+            let inner = Body::new(Frames(frames.into()));
             let mut body = AssemblingBody::new(inner, Arc::default(), 1 << 20);
             let first = next_frame(&mut body).await.expect("a frame");
             let last = if cut_short {

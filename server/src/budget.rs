@@ -669,8 +669,15 @@ pub(crate) mod tests {
         assert_eq!(budget.state().used, 0);
     }
 
-    /// A request body that yields `frames` as data frames.
-    pub(crate) struct Frames(pub(crate) std::collections::VecDeque<bytes::Bytes>);
+    /// A request body that yields `frames` (trailers too), in order.
+    pub(crate) struct Frames(pub(crate) VecDeque<Frame<bytes::Bytes>>);
+
+    impl Frames {
+        /// A body of `chunks` as data frames.
+        pub(crate) fn data(chunks: impl IntoIterator<Item = bytes::Bytes>) -> Self {
+            Self(chunks.into_iter().map(Frame::data).collect())
+        }
+    }
 
     impl HttpBody for Frames {
         type Data = bytes::Bytes;
@@ -680,7 +687,7 @@ pub(crate) mod tests {
             mut self: Pin<&mut Self>,
             _cx: &mut Context<'_>,
         ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-            Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+            Poll::Ready(self.0.pop_front().map(Ok))
         }
     }
 
@@ -690,7 +697,7 @@ pub(crate) mod tests {
         let mut frame = prefix(45);
         frame.extend_from_slice(&[7; 10]);
         MeteredBody::new(
-            Body::new(Frames([bytes::Bytes::from(frame)].into())),
+            Body::new(Frames::data([bytes::Bytes::from(frame)])),
             Arc::clone(meter),
             Some(Arc::clone(watch)),
             Duration::from_secs(5),
@@ -754,7 +761,7 @@ pub(crate) mod tests {
         frame2.extend_from_slice(&[2; 5]);
         let frames = [frame1.clone(), frame2.clone()].map(bytes::Bytes::from);
         let mut body = MeteredBody::new(
-            Body::new(Frames(frames.into())),
+            Body::new(Frames::data(frames)),
             Arc::clone(&meter),
             Some(watch),
             Duration::from_secs(5),
@@ -779,7 +786,7 @@ pub(crate) mod tests {
             let mut frame = prefix(len);
             frame.extend_from_slice(&[3; 7]);
             let body = MeteredBody::new(
-                Body::new(Frames([bytes::Bytes::from(frame.clone())].into())),
+                Body::new(Frames::data([bytes::Bytes::from(frame.clone())])),
                 InputMeter::new(&budget),
                 None,
                 Duration::from_secs(5),
